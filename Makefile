@@ -1,0 +1,35 @@
+# Thin wrappers: every target installs into .venv first (from pyproject.toml), then
+# calls `python -m lib` or a tool. The data setting is the environment variable
+# CIFAR10_DATA (a directory or an npz file); unset, the data is downloaded into data/.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install book html test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+book: $(STAMP)  ## execute every chapter (reusing runs/), then build _build/html
+	$(PY) -m lib book
+
+html: $(STAMP)  ## build _build/html from the executed notebooks (no execution)
+	$(PY) -m lib html
+
+test: $(STAMP)  ## lint, then the test suite
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)  ## training throughput: ours vs the textbook pipeline
+	$(PY) -m lib bench --check-precision
+
+clean:
+	rm -rf _build

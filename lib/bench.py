@@ -1,0 +1,133 @@
+"""``python -m lib bench``: our training pipeline against the one a student writes.
+
+Both train the chapter-3 CNN with the same batch size, optimiser and number of
+steps, side by side in one process:
+
+* ours: the dataset as one uint8 tensor on the device, index-slice batches,
+  crop+flip on tensors, channels_last, bf16 autocast where the device has it
+  (:func:`lib.train.fit`);
+* baseline: a torchvision-``CIFAR10``-style dataset that makes a PIL image per
+  sample, ``transforms`` (RandomCrop, RandomHorizontalFlip, ToTensor, Normalize),
+  a ``DataLoader`` (shuffle, ``num_workers`` 0 and 2, as in the PyTorch CIFAR-10
+  tutorial), fp32, default memory format.
+
+The speedup is against the faster of the two baselines.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Dataset, channel_stats, subset
+from .models import build_model
+from .train import fit, make_config, resolve_device
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """What torchvision's ``CIFAR10`` does per sample: numpy -> PIL -> transforms."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def baseline_throughput(ds: Dataset, model_cfg, batch_size: int, steps: int, warmup: int,
+                        num_workers: int, device: torch.device, lr: float = 0.05) -> float:
+    """Images/s of the textbook pipeline over ``steps`` steps after ``warmup`` steps."""
+    from torchvision import transforms as T
+
+    mean, std = channel_stats(ds.x_train)
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(mean.tolist(), std.tolist())])
+    loader = torch.utils.data.DataLoader(
+        PILDataset(ds.x_train, ds.y_train, tf), batch_size=batch_size, shuffle=True,
+        num_workers=num_workers, drop_last=True, persistent_workers=False)
+    torch.manual_seed(0)
+    model = build_model(model_cfg).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)
+    model.train()
+    it = iter(loader)
+    t0 = None
+    for s in range(warmup + steps):
+        if s == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        x, y = next(it)
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    del it, loader
+    return steps * batch_size / dt
+
+
+def ours_throughput(ds: Dataset, model_cfg, batch_size: int, steps: int, warmup: int,
+                    device: torch.device, precision: str = "auto") -> float:
+    """Images/s of :func:`lib.train.fit` over ``steps`` steps (a warm-up fit first)."""
+    common = dict(model=model_cfg.__dict__, batch_size=batch_size, epochs=1, lr=0.05,
+                  n_test=500, save_weights=False, precision=precision)
+    fit(make_config(n_train=warmup * batch_size, **common), ds, device=device, progress=False)
+    res = fit(make_config(n_train=steps * batch_size, **common), ds, device=device,
+              progress=False)
+    return res.summary["images_per_s"]
+
+
+def precision_check(ds: Dataset, model_cfg, device, epochs: int = 4, n_train: int = 10_000,
+                    seeds=(0, 1)) -> dict:
+    """Test accuracy with bf16 autocast and with fp32, same configs and seeds."""
+    out = {}
+    for prec in ("fp32", "bf16"):
+        accs = [fit(make_config(model=model_cfg.__dict__, epochs=epochs, n_train=n_train,
+                                n_test=2000, precision=prec, seed=s, batch_size=128,
+                                save_weights=False), ds, device=device,
+                    progress=False).summary["test_acc"] for s in seeds]
+        out[prec] = accs
+    return out
+
+
+def run(ds: Dataset, model_cfg, batch_size: int = 128, steps: int = 30, warmup: int = 3,
+        device: str = "auto", check_precision: bool = False, echo=print) -> dict:
+    """Measure and print; the last printed line is ``speedup: <ours/baseline>x``."""
+    dev = resolve_device(device)
+    full, ds = ds, subset(ds, n_train=max(steps, warmup) * batch_size * 2, n_test=1000)
+    echo(f"device: {dev.type}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    echo(f"model: {model_cfg}")
+    echo(f"batch size {batch_size}, {steps} timed steps after {warmup} warm-up steps")
+    res = {}
+    for nw in (0, 2):
+        res[f"baseline_w{nw}"] = baseline_throughput(ds, model_cfg, batch_size, steps, warmup,
+                                                     nw, dev)
+        echo(f"baseline (PIL + transforms + DataLoader, num_workers={nw}, fp32): "
+             f"{res[f'baseline_w{nw}']:8.1f} images/s")
+    res["ours_fp32"] = ours_throughput(ds, model_cfg, batch_size, steps, warmup, dev, "fp32")
+    echo(f"ours (tensor-resident, channels_last, fp32): {res['ours_fp32']:8.1f} images/s")
+    res["ours"] = ours_throughput(ds, model_cfg, batch_size, steps, warmup, dev, "auto")
+    echo(f"ours (tensor-resident, channels_last, autocast): {res['ours']:8.1f} images/s")
+    if check_precision:
+        acc = precision_check(full, model_cfg, dev, n_train=min(10_000, len(full.y_train)))
+        for k, v in acc.items():
+            echo(f"accuracy check {k}: test acc per seed {', '.join(f'{a:.4f}' for a in v)}")
+        res["precision_check"] = acc
+    base = max(res["baseline_w0"], res["baseline_w2"])
+    res["speedup_fp32"] = res["ours_fp32"] / base
+    res["speedup"] = res["ours"] / base
+    echo(f"speedup fp32 only: {res['speedup_fp32']:.2f}x")
+    echo(f"speedup: {res['speedup']:.2f}x")
+    return res

@@ -1,0 +1,116 @@
+"""What the chapters share: budgets, parameter checks, the chapter configs, provenance.
+
+Every chapter's ``parameters`` cell declares ``budget``, ``device``,
+``data_dir``, ``runs_dir`` and ``seed``; its next cell calls :func:`setup`,
+which validates them and returns the data and the settings the chapter uses.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+
+from . import __version__
+from .data import Dataset, load_cifar10, synthetic
+from .models import ConfigError, model_config
+from .train import Config, make_config, resolve_device
+
+#: smoke: synthetic data, seconds (tests); cpu: what 2 CPU cores finish in a few
+#: hours for the whole book; gpu: full fidelity on one GPU.
+BUDGETS = ("smoke", "cpu", "gpu")
+
+
+class ParameterError(ValueError):
+    """A papermill parameter has a value the chapter cannot use."""
+
+
+@dataclass
+class Setup:
+    """The validated parameters of one chapter execution, and its data."""
+
+    chapter: str
+    budget: str
+    device: str
+    seed: int
+    data: Dataset
+    runs_dir: str | None
+    train: bool = True
+    run_keys: list = field(default_factory=list)
+
+    def note_run(self, run) -> None:
+        """Remember a run this chapter read, for the execution report."""
+        if run.key not in self.run_keys:
+            self.run_keys.append(run.key)
+
+
+def setup(chapter: str, budget: str = "cpu", device: str = "auto", data_dir: str | None = None,
+          runs_dir: str | None = None, seed: int = 0, train: bool = True) -> Setup:
+    """Validate a chapter's papermill parameters and load its data.
+
+    ``budget="smoke"`` uses a small synthetic CIFAR-shaped dataset (no download);
+    the other budgets load CIFAR-10 through :func:`lib.data.load_cifar10`.
+    """
+    if budget not in BUDGETS:
+        raise ParameterError(f"budget={budget!r} is not a budget; use one of {BUDGETS}")
+    try:
+        dev = resolve_device(device)
+    except ConfigError as e:
+        raise ParameterError(f"device={device!r}: {e}") from e
+    if not isinstance(seed, int) or seed < 0:
+        raise ParameterError(f"seed={seed!r} must be a non-negative integer")
+    if budget == "smoke":
+        data = synthetic(n_train=600, n_test=300, seed=seed)
+    else:
+        data = load_cifar10(data_dir or None)
+    return Setup(chapter=chapter, budget=budget, device=str(dev), seed=seed, data=data,
+                 runs_dir=runs_dir, train=train)
+
+
+# --------------------------------------------------------------------------
+# chapter configs, one function per chapter, sized by budget
+# --------------------------------------------------------------------------
+def ch01_config(budget: str, seed: int = 0) -> Config:
+    """Chapter 1's small CNN: 5x5 kernels so the learned filters are easy to see."""
+    model = model_config(kind="cnn", depth=3, width=32, growth=2.0, kernel_size=5,
+                         batch_norm=True)
+    epochs = {"smoke": 2, "cpu": 10, "gpu": 20}[budget]
+    return make_config(model=model.__dict__, epochs=epochs, batch_size=128, lr=0.05,
+                       optimizer="sgd", schedule="onecycle", seed=seed)
+
+
+def ch03_cnn_model():
+    """The chapter-3 CNN (also what ``python -m lib bench`` times)."""
+    return model_config(kind="cnn", depth=3, width=32, growth=2.0, kernel_size=3,
+                        convs_per_block=2, batch_norm=True)
+
+
+def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
+    """The chapter-3 CNN's training run (chapter 3 refines the budget)."""
+    epochs = {"smoke": 2, "cpu": 15, "gpu": 30}[budget]
+    return make_config(model=ch03_cnn_model().__dict__, epochs=epochs, batch_size=128,
+                       lr=0.05, optimizer="sgd", schedule="onecycle", seed=seed)
+
+
+# --------------------------------------------------------------------------
+# provenance
+# --------------------------------------------------------------------------
+def execution_report(s: Setup, runs: list) -> object:
+    """A small table for the end of a chapter: what made its numbers."""
+    import pandas as pd
+
+    from .runs import _git_commit
+
+    first = runs[0].summary if runs else {}
+    rows = {
+        "budget": s.budget,
+        "executed": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git commit": _git_commit(),
+        "lib version": __version__,
+        "data": s.data.source,
+        "data fingerprint": s.data.fingerprint,
+        "trained on": (f"{first.get('device', '?')} ({first.get('device_name', '?')}, "
+                       f"{first.get('threads', '?')} threads), torch {first.get('torch', '?')}"
+                       if first else "no training run"),
+        "runs read": ", ".join(r.key for r in runs) or "none",
+    }
+    return pd.DataFrame({"value": rows}).rename_axis("")

@@ -1,0 +1,223 @@
+"""``python -m lib {book, html, train, bench, data}``.
+
+Errors a user can fix (missing data, a bad option, a failing chapter) print one
+line starting with ``error:`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .data import REPO_ROOT
+
+BOOK_PARAMS = ("budget", "device", "data_dir", "runs_dir", "seed")
+
+
+class UserError(Exception):
+    """Printed as one line, exit status 2."""
+
+
+def toc_files(root: Path = REPO_ROOT) -> list[Path]:
+    """Every file of ``_toc.yml`` in order (root first), with its real suffix."""
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    names = [toc["root"]]
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                names.append(e["file"])
+            walk(e.get("sections"))
+            for part in e.get("parts", []) or []:
+                walk(part.get("chapters"))
+
+    for part in toc.get("parts", []) or []:
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    out = []
+    for n in names:
+        p = root / n
+        hits = [p] if p.suffix else [p.with_suffix(s) for s in (".ipynb", ".md")]
+        hits = [h for h in hits if h.is_file()]
+        if not hits:
+            raise UserError(f"_toc.yml names {n!r} but no such .ipynb/.md file exists")
+        out.append(hits[0])
+    return out
+
+
+def chapters(root: Path = REPO_ROOT) -> list[Path]:
+    """The notebooks of ``_toc.yml``, in order."""
+    return [p for p in toc_files(root) if p.suffix == ".ipynb"]
+
+
+def execute(nb: Path, out: Path | None = None, **params) -> float:
+    """Execute one chapter with papermill (in place unless ``out``); return seconds."""
+    import papermill as pm
+
+    params = {k: v for k, v in params.items() if v is not None}
+    unknown = set(params) - set(BOOK_PARAMS)
+    if unknown:
+        raise UserError(f"unknown chapter parameter(s) {sorted(unknown)}; known: {BOOK_PARAMS}")
+    t = time.perf_counter()
+    try:
+        pm.execute_notebook(str(nb), str(out or nb), parameters=params, cwd=str(nb.parent),
+                            kernel_name="python3", progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        raise UserError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from e
+    return time.perf_counter() - t
+
+
+def build_html(root: Path = REPO_ROOT, builder: str = "html") -> None:
+    """``jupyter-book build`` with execution off (the notebooks are already executed)."""
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb if jb.exists() else "jupyter-book"), "build", str(root), "--builder", builder]
+    r = subprocess.run(cmd, cwd=root)
+    if r.returncode:
+        raise UserError(f"jupyter-book build failed (exit {r.returncode}); see the output above")
+
+
+def cmd_book(a) -> None:
+    nbs = chapters()
+    if a.only:
+        nbs = [p for p in nbs if any(p.name.startswith(o) for o in a.only)]
+        if not nbs:
+            raise UserError(f"--only {a.only} matches no chapter of _toc.yml")
+    for nb in nbs:
+        print(f"executing {nb.relative_to(REPO_ROOT)} (budget={a.budget}) ...", flush=True)
+        dt = execute(nb, budget=a.budget, device=a.device, data_dir=a.data_dir,
+                     runs_dir=a.runs_dir)
+        print(f"  done in {dt:.0f} s", flush=True)
+    build_html()
+    print(f"book: {REPO_ROOT / '_build' / 'html' / 'index.html'}")
+
+
+def cmd_html(a) -> None:
+    build_html()
+    print(f"book: {REPO_ROOT / '_build' / 'html' / 'index.html'}")
+
+
+def parse_value(v: str):
+    """'0.1' -> 0.1, 'true' -> True, '[64,32]' -> [64, 32], 'sgd' -> 'sgd'."""
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def cmd_train(a) -> None:
+    from . import book, runs
+    from .data import load_cifar10, synthetic
+    from .train import make_config
+
+    presets = {"ch01": book.ch01_config, "ch03-cnn": book.ch03_cnn_config}
+    if a.preset not in presets:
+        raise UserError(f"unknown preset {a.preset!r}; known: {sorted(presets)}")
+    base = presets[a.preset](a.budget, a.seed)
+    overrides = {}
+    for item in a.set or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: write NAME=VALUE, e.g. --set lr=0.1")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = parse_value(v.strip())
+    cfg = make_config(base, **overrides)
+    ds = synthetic() if a.synthetic else load_cifar10(a.data_dir)
+    run = runs.get(cfg, ds, a.group, a.runs_dir, device=a.device, progress=True)
+    s = run.summary
+    print(f"run {run.key} ({run.path}): status {s['status']}, test acc {s['test_acc']:.4f}, "
+          f"{s['epochs_run']} epochs, {s['images_per_s']:.0f} images/s on {s['device']}")
+
+
+def cmd_bench(a) -> None:
+    from . import bench, book
+    from .data import load_cifar10, synthetic
+
+    ds = synthetic(n_train=a.batch_size * (a.steps + 3) * 2, n_test=500) if a.synthetic \
+        else load_cifar10(a.data_dir)
+    bench.run(ds, book.ch03_cnn_model(), batch_size=a.batch_size, steps=a.steps,
+              device=a.device, check_precision=a.check_precision)
+
+
+def cmd_data(a) -> None:
+    import numpy as np
+
+    from .data import CLASSES, load_cifar10
+
+    ds = load_cifar10(a.data_dir)
+    print(f"source: {ds.source}")
+    print(f"file: {ds.path}")
+    print(f"fingerprint: {ds.fingerprint}")
+    for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+        counts = np.bincount(y, minlength=len(CLASSES))
+        print(f"{split}: {len(y)} images, per class {counts.tolist()}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lib", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(q, budget=True):
+        q.add_argument("--data-dir", default=None,
+                       help="CIFAR-10 directory or npz file (default: $CIFAR10_DATA, else data/)")
+        q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+        if budget:
+            q.add_argument("--budget", default="cpu", help="smoke, cpu or gpu")
+            q.add_argument("--runs-dir", default=None, help="the runs cache (default runs/)")
+
+    q = sub.add_parser("book", help="execute every chapter with papermill, then build the HTML")
+    common(q)
+    q.add_argument("--only", nargs="*", help="chapter file prefixes, e.g. 01 03")
+    q.set_defaults(func=cmd_book)
+    q = sub.add_parser("html", help="build the HTML from the executed notebooks (no training)")
+    q.set_defaults(func=cmd_html)
+    q = sub.add_parser("train", help="train one config into the runs cache")
+    common(q)
+    q.add_argument("--preset", default="ch01", help="ch01 or ch03-cnn")
+    q.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="override a config field, e.g. lr=0.1, model.depth=4 (repeatable)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--group", default="cli", help="runs/<group>/ to write into")
+    q.add_argument("--synthetic", action="store_true", help="tiny synthetic data (a dry run)")
+    q.set_defaults(func=cmd_train)
+    q = sub.add_parser("bench", help="training throughput: ours vs the textbook pipeline")
+    common(q, budget=False)
+    q.add_argument("--batch-size", type=int, default=128)
+    q.add_argument("--steps", type=int, default=30, help="timed steps per pipeline")
+    q.add_argument("--check-precision", action="store_true",
+                   help="also compare test accuracy with bf16 autocast and fp32")
+    q.add_argument("--synthetic", action="store_true", help="synthetic data (no dataset needed)")
+    q.set_defaults(func=cmd_bench)
+    q = sub.add_parser("data", help="find, verify and describe the data")
+    common(q, budget=False)
+    q.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .models import ConfigError
+    from .runs import CacheError
+
+    a = parser().parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        a.func(a)
+    except (UserError, DataError, ConfigError, CacheError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; finished runs are kept, the interrupted one left no folder",
+              file=sys.stderr)
+        return 130
+    return 0

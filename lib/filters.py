@@ -1,0 +1,95 @@
+"""Convolution by hand, classic kernels and the arithmetic of sizes (chapter 1).
+
+:func:`conv2d` is written out with plain loops over the output positions on
+purpose: it is the lesson. The chapter checks it against
+``torch.nn.functional.conv2d``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+           stride: int = 1, padding: int = 0) -> np.ndarray:
+    """2-D convolution as deep-learning libraries define it (chapter 1).
+
+    ``x``: (C_in, H, W) image; ``w``: (C_out, C_in, k_h, k_w) kernels; returns
+    (C_out, H_out, W_out). Like PyTorch this is a cross-correlation: the kernel
+    is not flipped. Each output value is the sum over all input channels of the
+    kernel times the patch under it, plus the bias.
+    """
+    if x.ndim != 3 or w.ndim != 4 or w.shape[1] != x.shape[0]:
+        raise ValueError(f"shapes x{x.shape} and w{w.shape}: need (C,H,W) and (O,C,kh,kw)")
+    c_out, _, kh, kw = w.shape
+    x = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
+    h_out = (x.shape[1] - kh) // stride + 1
+    w_out = (x.shape[2] - kw) // stride + 1
+    out = np.zeros((c_out, h_out, w_out), dtype=np.result_type(x, w, np.float32))
+    for o in range(c_out):
+        for i in range(h_out):
+            for j in range(w_out):
+                patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                out[o, i, j] = np.sum(patch * w[o])
+        if b is not None:
+            out[o] += b[o]
+    return out
+
+
+def output_size(n: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """floor((n + 2p - d(k - 1) - 1) / s) + 1, the formula in PyTorch's Conv2d docs."""
+    return (n + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def _gauss(k: int = 5, sigma: float = 1.0) -> np.ndarray:
+    ax = np.arange(k) - k // 2
+    g = np.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+#: Classic hand-designed kernels, each a 2-D array applied to a grey image.
+KERNELS = {
+    "identity": np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32),
+    "box blur": np.full((3, 3), 1 / 9, dtype=np.float32),
+    "gaussian blur": _gauss().astype(np.float32),
+    "sharpen": np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float32),
+    "sobel x": np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float32),
+    "sobel y": np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]], dtype=np.float32),
+    "laplacian": np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float32),
+}
+
+
+def grey(images: np.ndarray) -> np.ndarray:
+    """NHWC uint8 -> NHW float in [0, 1] with the ITU-R 601 luma weights."""
+    return (images.astype(np.float32) / 255.0) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def apply_kernel(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """A grey (H, W) image filtered by one 2-D kernel, same size (zero padding)."""
+    k = kernel.shape[0]
+    return conv2d(img[None], kernel[None, None], padding=k // 2)[0]
+
+
+def kernel_similarity(w: np.ndarray, kernels: dict) -> object:
+    """|cosine similarity| of each filter's brightness pattern with each classic kernel.
+
+    ``w``: (O, C, k, k) learned filters; each is averaged over its input
+    channels and centred (mean removed); classic kernels are zero-padded to
+    k x k and centred likewise. Returns a DataFrame (filters x kernels).
+    """
+    import pandas as pd
+
+    g = w.mean(axis=1)
+    g = g - g.mean(axis=(1, 2), keepdims=True)
+    g = g.reshape(len(g), -1)
+    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    k = w.shape[-1]
+    cols = {}
+    for name, ker in kernels.items():
+        p = (k - ker.shape[0]) // 2
+        if p < 0:
+            raise ValueError(f"kernel {name!r} is larger than the filters ({k} x {k})")
+        kk = np.pad(ker, p).astype(np.float64)
+        kk = (kk - kk.mean()).ravel()
+        cols[name] = np.abs(g @ (kk / np.linalg.norm(kk)))
+    return pd.DataFrame(cols)

@@ -1,0 +1,214 @@
+"""The two model families of the book, built from one config.
+
+Introduced in chapter 1 (a small CNN whose filters we look at) and chapter 3
+(MLP vs CNN); chapter 5 searches over :class:`ModelConfig`'s fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+KINDS = ("mlp", "cnn")
+POOLS = ("max", "avg")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class ConfigError(ValueError):
+    """An unknown option or an impossible value in a config."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that determines a model's architecture.
+
+    Defined in chapter 1. A CNN is ``depth`` blocks; block ``i`` has
+    ``convs_per_block`` convolutions with ``width * growth**i`` filters of size
+    ``kernel_size`` (same padding), optional batch norm, the activation, then
+    2x2 pooling; a global average pool and one linear layer classify.
+    An MLP flattens the image and applies ``hidden`` fully connected layers.
+    """
+
+    kind: str = "cnn"            # "cnn" or "mlp"
+    depth: int = 3               # number of conv blocks (each halves the resolution)
+    width: int = 32              # filters in the first block
+    growth: float = 2.0          # width multiplier from one block to the next
+    kernel_size: int = 3         # odd; same padding keeps the resolution inside a block
+    convs_per_block: int = 1     # conv layers before each pooling
+    batch_norm: bool = True      # BatchNorm2d after every conv
+    dropout: float = 0.0         # dropout before the classifier (and between MLP layers)
+    pool: str = "max"            # "max" or "avg" 2x2 pooling
+    activation: str = "relu"     # "relu" or "gelu"
+    hidden: tuple = (512, 256)   # MLP hidden layer sizes
+    n_classes: int = 10
+
+    def __post_init__(self):
+        check_model_config(self)
+
+    def widths(self) -> list[int]:
+        """Filters per block, e.g. [32, 64, 128]."""
+        return [int(round(self.width * self.growth**i)) for i in range(self.depth)]
+
+
+def check_model_config(c: ModelConfig) -> None:
+    """Raise ConfigError with the allowed values if ``c`` is impossible."""
+    def bad(name, value, allowed):
+        raise ConfigError(f"model option {name}={value!r} is invalid; allowed: {allowed}")
+
+    if c.kind not in KINDS:
+        bad("kind", c.kind, KINDS)
+    if c.pool not in POOLS:
+        bad("pool", c.pool, POOLS)
+    if c.activation not in ACTIVATIONS:
+        bad("activation", c.activation, tuple(ACTIVATIONS))
+    if not 1 <= c.depth <= 5:
+        bad("depth", c.depth, "1..5 (each block halves 32x32)")
+    if c.width < 1:
+        bad("width", c.width, ">= 1")
+    if not 0.5 <= c.growth <= 4:
+        bad("growth", c.growth, "0.5..4")
+    if c.kernel_size < 1 or c.kernel_size % 2 == 0 or c.kernel_size > 11:
+        bad("kernel_size", c.kernel_size, "odd, 1..11")
+    if c.convs_per_block < 1:
+        bad("convs_per_block", c.convs_per_block, ">= 1")
+    if not 0 <= c.dropout < 1:
+        bad("dropout", c.dropout, "0 <= dropout < 1")
+    if any(int(h) < 1 for h in c.hidden):
+        bad("hidden", c.hidden, "positive layer sizes")
+
+
+def model_config(**overrides) -> ModelConfig:
+    """Build a ModelConfig; unknown field names raise ConfigError listing the known ones."""
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown model option(s) {sorted(unknown)}; known: {sorted(known)}"
+        )
+    if "hidden" in overrides:
+        overrides["hidden"] = tuple(int(h) for h in overrides["hidden"])
+    return ModelConfig(**overrides)
+
+
+class CNN(nn.Module):
+    """The configurable CNN (chapter 1, chapter 3, chapter 5)."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        act = ACTIVATIONS[c.activation]
+        pool = nn.MaxPool2d if c.pool == "max" else nn.AvgPool2d
+        layers: list[nn.Module] = []
+        c_in = 3
+        for w in c.widths():
+            for _ in range(c.convs_per_block):
+                layers.append(nn.Conv2d(c_in, w, c.kernel_size, padding=c.kernel_size // 2,
+                                        bias=not c.batch_norm))
+                if c.batch_norm:
+                    layers.append(nn.BatchNorm2d(w))
+                layers.append(act())
+                c_in = w
+            layers.append(pool(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(c.dropout),
+            nn.Linear(c_in, c.n_classes),
+        )
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    """The fully connected baseline of chapter 3 (the earlier exercise's model class)."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        act = ACTIVATIONS[c.activation]
+        layers: list[nn.Module] = [nn.Flatten()]
+        d = 32 * 32 * 3
+        for h in c.hidden:
+            layers += [nn.Linear(d, int(h)), act(), nn.Dropout(c.dropout)]
+            d = int(h)
+        layers.append(nn.Linear(d, c.n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def build_model(c: ModelConfig) -> nn.Module:
+    """The model a config describes (chapter 1)."""
+    return CNN(c) if c.kind == "cnn" else MLP(c)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """(name, module) of every Conv2d, in order (chapter 1 uses the first)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def receptive_fields(c: ModelConfig) -> list[dict]:
+    """Receptive field, jump and resolution after each layer of a CNN config.
+
+    r_out = r_in + (k - 1) * j_in and j_out = j_in * stride (chapter 1).
+    """
+    rows, r, j, n = [], 1, 1, 32
+    for b, w in enumerate(c.widths()):
+        for i in range(c.convs_per_block):
+            r += (c.kernel_size - 1) * j
+            rows.append(dict(layer=f"block{b + 1}.conv{i + 1}", kernel=c.kernel_size,
+                             stride=1, channels=w, size=n, receptive_field=r, jump=j))
+        r += (2 - 1) * j
+        j *= 2
+        n //= 2
+        rows.append(dict(layer=f"block{b + 1}.pool", kernel=2, stride=2, channels=w,
+                         size=n, receptive_field=r, jump=j))
+    return rows
+
+
+def measured_receptive_fields(c: ModelConfig, size: int = 128) -> list[int]:
+    """Receptive fields of the rows of :func:`receptive_fields`, measured with autograd.
+
+    An untrained copy with all conv weights made positive, average pooling (max
+    pooling passes gradient to one pixel per window) and batch norm in eval mode
+    sees a ``size`` x ``size`` input of ones; the gradient of one central unit
+    is non-zero on exactly the rows of its receptive field (chapter 1).
+    """
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = CNN(replace(c, pool="avg", dropout=0.0)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.abs_()
+    out = []
+    for i, m in enumerate(model.features):
+        if not isinstance(m, (nn.AvgPool2d, ACTIVATIONS[c.activation])):
+            continue
+        x = torch.ones(1, 3, size, size, requires_grad=True)
+        y = model.features[: i + 1](x)
+        y[0, 0, y.shape[2] // 2, y.shape[3] // 2].backward()
+        rows = torch.nonzero(x.grad[0].abs().sum(dim=(0, 2)))
+        out.append(int(rows.max() - rows.min() + 1))
+    return out
+
+
+@torch.no_grad()
+def activations(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    """Each conv layer's output after its activation, for inputs ``x`` (chapter 1)."""
+    model.eval()
+    feats = model.features if hasattr(model, "features") else model
+    out, h = [], x
+    for m in feats:
+        h = m(h)
+        if isinstance(m, tuple(ACTIVATIONS.values())):
+            out.append(h.float().numpy())
+    return out

@@ -1,0 +1,249 @@
+"""The runs cache: every training run the book shows lives in ``runs/<group>/<key>/``.
+
+Introduced in chapter 1. A run's key hashes everything that determines it: the
+full config, the data fingerprint and :data:`CACHE_VERSION`. A present folder is
+a cache hit; notebooks never retrain what is cached. Runs are written into
+``runs/.tmp/`` and renamed into place when complete, so a run killed at any
+moment leaves no half folder behind.
+
+A folder holds ``config.json``, ``summary.json``, ``metrics.csv`` (one row per
+epoch), ``weights.csv`` (per-layer weight statistics per epoch),
+``test_logits.npy`` (float16), ``model.pt`` (state dict, if the config keeps
+weights) and ``tb/`` (TensorBoard event files).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .data import REPO_ROOT, Dataset
+from .train import Config, config_dict, config_from_dict, fit
+
+# Bump when training semantics change: every key changes and old runs are ignored.
+CACHE_VERSION = 1
+RUNS_ENV = "LIB_RUNS_DIR"
+TMP = ".tmp"
+
+
+class CacheError(RuntimeError):
+    """A cached run is inconsistent with its key, or missing where training is not allowed."""
+
+
+def runs_root(runs_dir: str | os.PathLike | None = None) -> Path:
+    """``runs_dir``, else $LIB_RUNS_DIR, else ``runs/`` at the repository root."""
+    return Path(runs_dir or os.environ.get(RUNS_ENV) or REPO_ROOT / "runs")
+
+
+def run_key(c: Config, data_fingerprint: str) -> str:
+    """12 hex digits of sha256(config, data fingerprint, cache version) (chapter 1)."""
+    blob = json.dumps(dict(config=config_dict(c), data=data_fingerprint,
+                           version=CACHE_VERSION), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Run:
+    """A finished run read back from its folder (chapter 1)."""
+
+    path: Path
+    key: str
+    config: Config
+    summary: dict
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "metrics.csv")
+
+    @property
+    def weights(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "weights.csv")
+
+    def test_logits(self) -> np.ndarray:
+        return np.load(self.path / "test_logits.npy").astype(np.float32)
+
+    def state_dict(self) -> dict:
+        import torch
+
+        f = self.path / "model.pt"
+        if not f.is_file():
+            raise CacheError(f"{self.path}: no model.pt (the config has save_weights=False)")
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+    def model(self):
+        """The trained model on the CPU, in eval mode."""
+        from .models import build_model
+
+        m = build_model(self.config.model)
+        m.load_state_dict(self.state_dict())
+        return m.eval()
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def read_run(path: Path) -> Run:
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CacheError(f"{path}: unreadable run folder ({e}); delete it to retrain") from e
+    return Run(path=path, key=path.name, config=config_from_dict(cfg), summary=summary)
+
+
+def find(c: Config, ds: Dataset | str, group: str, runs_dir=None) -> Run | None:
+    """The cached run of ``c`` on ``ds`` (a Dataset or its fingerprint), or None.
+
+    A folder whose stored config, data or version does not match its key is
+    reported with CacheError, never silently used.
+    """
+    fp = ds if isinstance(ds, str) else ds.fingerprint
+    key = run_key(c, fp)
+    path = runs_root(runs_dir) / group / key
+    if not path.is_dir():
+        return None
+    run = read_run(path)
+    stored = (run_key(run.config, run.summary.get("data_fingerprint", "")),
+              run.summary.get("cache_version"))
+    if stored != (key, CACHE_VERSION):
+        raise CacheError(
+            f"{path}: its config/data/version no longer match its key {key} "
+            f"(stored version {stored[1]}, current {CACHE_VERSION}). Delete the "
+            "folder to retrain it, or restore the code that made it."
+        )
+    return run
+
+
+def get(c: Config, ds: Dataset, group: str, runs_dir=None, *, device: str = "auto",
+        train: bool = True, progress: bool | None = None, histograms: bool = True,
+        callbacks=()) -> Run:
+    """Load-or-train (chapter 1): the cached run of ``c``, trained first on a miss.
+
+    With ``train=False`` a miss raises CacheError naming the command that fills it.
+    """
+    found = find(c, ds, group, runs_dir)
+    if found is not None:
+        return found
+    if not train:
+        raise CacheError(
+            f"run {run_key(c, ds.fingerprint)} of group {group!r} is not in "
+            f"{runs_root(runs_dir)} and training is off; execute the chapter with "
+            "`python -m lib book` to fill the cache."
+        )
+    return train_into_cache(c, ds, group, runs_dir, device=device, progress=progress,
+                            histograms=histograms, callbacks=callbacks)
+
+
+def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, device="auto",
+                     progress=None, histograms=True, callbacks=()) -> Run:
+    """Train ``c`` and write its folder atomically; return it as a :class:`Run`."""
+    import torch
+
+    from .track import Tracker
+
+    root = runs_root(runs_dir)
+    key = run_key(c, ds.fingerprint)
+    final = root / group / key
+    clean_stale_tmp(root)
+    tmp = root / TMP / f"{group}-{key}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        tracker = Tracker(tmp / "tb", histograms=histograms)
+        res = fit(c, ds, device=device, tracker=tracker, callbacks=callbacks,
+                  progress=progress)
+        summary = dict(res.summary, key=key, group=group, cache_version=CACHE_VERSION,
+                       lib_version=__version__, git_commit=_git_commit(),
+                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        (tmp / "config.json").write_text(json.dumps(config_dict(c), indent=1))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        pd.DataFrame(res.history).to_csv(tmp / "metrics.csv", index=False)
+        pd.DataFrame(res.weights).to_csv(tmp / "weights.csv", index=False)
+        np.save(tmp / "test_logits.npy", res.test_logits.astype(np.float16))
+        if c.save_weights:
+            state = {k: v.detach().cpu().contiguous() for k, v in res.model.state_dict().items()}
+            torch.save(state, tmp / "model.pt")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # not a concurrent twin: a real error
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return find(c, ds, group, runs_dir)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(root: Path) -> list[Path]:
+    """Remove temporary run folders whose writer process is gone (a killed run)."""
+    removed = []
+    tmp_root = Path(root) / TMP
+    if not tmp_root.is_dir():
+        return removed
+    for d in tmp_root.iterdir():
+        try:
+            pid = int(d.name.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def list_runs(group: str, runs_dir=None) -> list[Run]:
+    """Every finished run of a group (temporary folders are never listed)."""
+    g = runs_root(runs_dir) / group
+    if not g.is_dir():
+        return []
+    return [read_run(p) for p in sorted(g.iterdir()) if (p / "summary.json").is_file()]
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_results(group: str, runs_dir=None) -> pd.DataFrame:
+    """One row per run of ``group``: flattened config and summary (chapter 3)."""
+    rows = [{**flat(config_dict(r.config)), **r.summary, "key": r.key}
+            for r in list_runs(group, runs_dir)]
+    return pd.DataFrame(rows)

@@ -1,0 +1,411 @@
+"""The training loop: one config in, per-epoch metrics and a trained model out.
+
+Introduced in chapter 1 and explained in chapter 3. The whole dataset lives on
+the training device as one uint8 tensor; a batch is an index slice; random
+crops (zero padding 4) and horizontal flips run on that tensor on the device.
+No PIL, no DataLoader workers: on two CPU cores this alone is several times
+faster than the textbook pipeline (``python -m lib bench`` measures it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import Dataset, channel_stats
+from .models import ConfigError, ModelConfig, build_model, count_params, model_config
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that determines a training run (chapter 1).
+
+    Notebooks override fields with :func:`make_config`; the cache key is a hash
+    of this object (plus the data fingerprint), so two equal configs are one run.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 10              # passes over the training set
+    batch_size: int = 256
+    optimizer: str = "sgd"        # "sgd" (Nesterov momentum), "adam" or "adamw"
+    lr: float = 0.05              # peak learning rate
+    momentum: float = 0.9         # SGD momentum / Adam beta1
+    weight_decay: float = 5e-4    # on conv and linear weights only (not biases, not BN)
+    schedule: str = "onecycle"    # "constant", "cosine" or "onecycle" (linear up, linear down)
+    warmup: float = 0.2           # fraction of steps spent warming up
+    label_smoothing: float = 0.0
+    augment: bool = True          # random crop (pad 4) + horizontal flip, on device
+    n_train: int | None = None    # stratified slice of the training set (None: all)
+    n_test: int | None = None     # stratified slice of the test set (None: all)
+    seed: int = 0
+    precision: str = "auto"       # "auto" (bf16 where the device supports it), "fp32", "bf16"
+    channels_last: bool = True    # NHWC memory layout for convolutions
+    compile: bool = False         # torch.compile the model
+    save_weights: bool = True     # keep the final state dict in the run folder
+
+    def __post_init__(self):
+        check_config(self)
+
+
+def check_config(c: Config) -> None:
+    def bad(name, value, allowed):
+        raise ConfigError(f"option {name}={value!r} is invalid; allowed: {allowed}")
+
+    if not isinstance(c.model, ModelConfig):
+        bad("model", c.model, "a ModelConfig")
+    if c.optimizer not in OPTIMIZERS:
+        bad("optimizer", c.optimizer, OPTIMIZERS)
+    if c.schedule not in SCHEDULES:
+        bad("schedule", c.schedule, SCHEDULES)
+    if c.precision not in PRECISIONS:
+        bad("precision", c.precision, PRECISIONS)
+    if c.epochs < 1:
+        bad("epochs", c.epochs, ">= 1")
+    if c.batch_size < 1:
+        bad("batch_size", c.batch_size, ">= 1")
+    if not (c.lr > 0 and math.isfinite(c.lr)):
+        bad("lr", c.lr, "> 0")
+    if c.weight_decay < 0:
+        bad("weight_decay", c.weight_decay, ">= 0")
+    if not 0 <= c.warmup < 1:
+        bad("warmup", c.warmup, "0 <= warmup < 1")
+    if not 0 <= c.label_smoothing < 1:
+        bad("label_smoothing", c.label_smoothing, "0 <= label_smoothing < 1")
+
+
+def make_config(base: Config | None = None, **overrides) -> Config:
+    """A Config with fields replaced; ``model_*`` or a ``model`` dict set model fields.
+
+    Unknown names raise ConfigError listing the known ones (chapter 1).
+    """
+    base = base or Config()
+    known = {f.name for f in fields(Config)}
+    model_over = dict(overrides.pop("model", {}) or {})
+    if isinstance(model_over, ModelConfig):
+        model_over = asdict(model_over)
+    for k in [k for k in overrides if k.startswith("model.")]:
+        model_over[k[len("model."):]] = overrides.pop(k)
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {sorted(unknown)}; known: {sorted(known)} "
+            "and model.<field>"
+        )
+    model = model_config(**{**asdict(base.model), **model_over}) if model_over else base.model
+    return replace(base, model=model, **overrides)
+
+
+def config_dict(c: Config) -> dict:
+    """JSON-ready dict of a config (tuples as lists)."""
+    d = asdict(c)
+    d["model"]["hidden"] = list(d["model"]["hidden"])
+    return d
+
+
+def config_from_dict(d: dict) -> Config:
+    d = dict(d)
+    return make_config(Config(), model=d.pop("model", {}), **d)
+
+
+# --------------------------------------------------------------------------
+# devices, precision, schedules
+# --------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> cuda if present, else mps, else cpu; anything else must exist."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"device {device!r} is not a device name; use auto, cpu, cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: no CUDA GPU is visible; use auto or cpu")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32). "auto" uses bf16 on CUDA GPUs with bf16 and on
+    CPUs with native bf16 (AVX512-BF16/AMX), where it is measured to keep accuracy."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        try:
+            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        except (AttributeError, RuntimeError):
+            return None
+    return None
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Multiplier of the peak learning rate at ``step`` of ``total`` (chapter 3)."""
+    w = int(warmup * total)
+    if step < w:
+        return (step + 1) / w
+    if schedule == "constant":
+        return 1.0
+    t = (step - w) / max(1, total - w)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    return max(0.0, 1.0 - t)  # onecycle: linear decay to zero
+
+
+def make_optimizer(c: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [dict(params=decay, weight_decay=c.weight_decay),
+              dict(params=no_decay, weight_decay=0.0)]
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0)
+    cls = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=c.lr, betas=(c.momentum, 0.999))
+
+
+# --------------------------------------------------------------------------
+# on-device data
+# --------------------------------------------------------------------------
+class DeviceData:
+    """uint8 NCHW tensors on the device (NHWC memory: channels_last for free)."""
+
+    def __init__(self, ds: Dataset, device: torch.device):
+        def put(x):
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2)
+
+        self.x_train, self.x_test = put(ds.x_train), put(ds.x_test)
+        self.y_train = torch.from_numpy(ds.y_train).long().to(device)
+        self.y_test = torch.from_numpy(ds.y_test).long().to(device)
+        mean, std = channel_stats(ds.x_train)
+        def col(v):
+            return torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+        self.scale, self.shift = col(1 / (255 * std)), col(-mean / std)
+        self.mean, self.std = mean, std
+
+    def normalise(self, x_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        x = x_uint8.float() * self.scale + self.shift
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
+
+
+def to_input(ds: Dataset, x_uint8: np.ndarray) -> torch.Tensor:
+    """NHWC uint8 images -> the normalised float NCHW tensor a model of ``ds`` expects."""
+    mean, std = channel_stats(ds.x_train)
+    x = torch.from_numpy(np.ascontiguousarray(x_uint8)).permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)) / \
+        torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding ``pad`` and a random horizontal flip, per image.
+
+    Runs on whatever device ``x`` is on; random numbers come from ``gen`` (CPU),
+    so a seed fixes the augmentation on every device.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(dev)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    xp = xp.gather(2, rows.expand(b, c, h, w + 2 * pad))
+    cols = dx[:, None] + torch.arange(w, device=dev)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    return xp.gather(3, cols.expand(b, c, h, w))
+
+
+# --------------------------------------------------------------------------
+# weight statistics (chapter 6 reads them)
+# --------------------------------------------------------------------------
+@torch.no_grad()
+def weight_stats(model: torch.nn.Module) -> list[dict]:
+    """Per-layer norm, mean, std, min, max of every weight matrix/kernel."""
+    rows = []
+    for name, p in model.named_parameters():
+        if p.ndim <= 1:
+            continue
+        w = p.detach().float()
+        rows.append(dict(layer=name, numel=w.numel(), norm=w.norm().item(),
+                         mean=w.mean().item(), std=w.std().item(),
+                         min=w.min().item(), max=w.max().item()))
+    return rows
+
+
+# --------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------
+@dataclass
+class Result:
+    """What :func:`fit` returns: per-epoch rows, weight stats, summary, model, test logits."""
+
+    history: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    model: torch.nn.Module | None = None
+    test_logits: np.ndarray | None = None
+
+
+@torch.no_grad()
+def evaluate(model, dd: DeviceData, c: Config, amp_dtype, batch_size: int = 1000):
+    """Test loss, accuracy and logits (float32 numpy)."""
+    model.eval()
+    logits = []
+    for i in range(0, len(dd.y_test), batch_size):
+        x = dd.normalise(dd.x_test[i:i + batch_size], c.channels_last)
+        with torch.autocast(dd.y_test.device.type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            logits.append(model(x).float())
+    out = torch.cat(logits)
+    loss = F.cross_entropy(out, dd.y_test).item()
+    acc = (out.argmax(1) == dd.y_test).float().mean().item()
+    return loss, acc, out.cpu().numpy()
+
+
+def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=None,
+        callbacks=(), progress: bool | None = None) -> Result:
+    """Train ``c`` on ``ds``; return a :class:`Result` (chapter 1, explained in chapter 3).
+
+    ``callbacks`` are called as ``cb(epoch, row, model)`` after each epoch; one
+    that returns True stops training (the search's pruner uses this). A non-finite
+    loss stops training and is recorded as ``status="diverged"``, not raised.
+    """
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    amp_dtype = resolve_precision(c.precision, dev)
+    torch.manual_seed(c.seed)
+    gen = torch.Generator().manual_seed(c.seed)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    from .data import subset  # local: keeps the import graph flat
+    if c.n_train is not None or c.n_test is not None:
+        ds = subset(ds, c.n_train, c.n_test, seed=c.seed)
+    dd = DeviceData(ds, dev)
+    n = len(dd.y_train)
+
+    model = build_model(c.model).to(dev)
+    if c.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    n_params = count_params(model)
+    fwd = torch.compile(model) if c.compile else model
+    opt = make_optimizer(c, model)
+    steps_per_epoch = max(1, n // c.batch_size)  # drop the last partial batch
+    total = steps_per_epoch * c.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, c.schedule, c.warmup))
+
+    res = Result(model=model)
+    res.weights += [dict(epoch=0, **r) for r in weight_stats(model)]
+    if progress is None:
+        progress = bool(os.environ.get("LIB_PROGRESS", "")) or _stderr_is_tty()
+    bar = tqdm(total=total, disable=not progress, unit="step", leave=False,
+               desc=f"{c.model.kind} seed {c.seed}")
+    status, train_time, eval_time, t_start = "ok", 0.0, 0.0, time.perf_counter()
+    for epoch in range(1, c.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen).to(dev)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        seen = 0
+        for s in range(steps_per_epoch):
+            idx = perm[s * c.batch_size:(s + 1) * c.batch_size]
+            xb = dd.x_train[idx]
+            if c.augment:
+                xb = augment_batch(xb, gen)
+            xb, yb = dd.normalise(xb, c.channels_last), dd.y_train[idx]
+            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                out = fwd(xb)
+                loss = F.cross_entropy(out.float(), yb, label_smoothing=c.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.argmax(1) == yb).sum()
+            seen += len(yb)
+            bar.update()
+            if (s % 25 == 0 or s == steps_per_epoch - 1) and not torch.isfinite(loss_sum):
+                status = "diverged"
+                break
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        train_time += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        test_loss, test_acc, logits = evaluate(fwd, dd, c, amp_dtype)
+        eval_time += time.perf_counter() - t1
+        row = dict(epoch=epoch, train_loss=loss_sum.item() / max(seen, 1),
+                   train_acc=correct.item() / max(seen, 1), test_loss=test_loss,
+                   test_acc=test_acc, lr=opt.param_groups[0]["lr"],
+                   time=time.perf_counter() - t_start)
+        res.history.append(row)
+        res.weights += [dict(epoch=epoch, **r) for r in weight_stats(model)]
+        res.test_logits = logits
+        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}")
+        if tracker is not None:
+            tracker.epoch(epoch, row, model)
+        if status == "diverged":
+            break
+        if any(cb(epoch, row, model) for cb in callbacks):
+            status = "stopped"
+            break
+    bar.close()
+
+    last = res.history[-1]
+    res.summary = dict(
+        status=status, epochs_run=len(res.history), test_acc=last["test_acc"],
+        test_loss=last["test_loss"], train_acc=last["train_acc"],
+        train_loss=last["train_loss"], best_test_acc=max(r["test_acc"] for r in res.history),
+        n_params=n_params, train_images=n, test_images=len(dd.y_test),
+        train_time_s=train_time, eval_time_s=eval_time,
+        images_per_s=len(res.history) * steps_per_epoch * c.batch_size / max(train_time, 1e-9),
+        amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
+        data_source=ds.source, data_fingerprint=ds.fingerprint,
+        **hardware(dev),
+    )
+    if tracker is not None:
+        tracker.finish(config_dict(c), res.summary)
+    return res
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def hardware(dev: torch.device) -> dict:
+    """Device, processor, thread count and library versions, for the summary."""
+    name = platform.processor() or platform.machine()
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    elif dev.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return dict(device=dev.type, device_name=name, threads=torch.get_num_threads(),
+                cpu_count=os.cpu_count(), torch=torch.__version__,
+                python=platform.python_version())

@@ -1,0 +1,93 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lib import runs, train
+from lib.runs import CacheError
+
+# The key of the default Config on a fixed fingerprint. If this changes, every cached
+# run in runs/ is silently orphaned: bump CACHE_VERSION deliberately and update this.
+DEFAULT_KEY = "b9d09f4df29b"
+
+
+def test_key_is_stable_and_sensitive():
+    c = train.Config()
+    assert runs.run_key(c, "0" * 16) == DEFAULT_KEY
+    assert runs.run_key(train.make_config(c), "0" * 16) == DEFAULT_KEY
+    assert runs.run_key(train.make_config(c, lr=0.051), "0" * 16) != DEFAULT_KEY
+    assert runs.run_key(train.make_config(c, **{"model.width": 33}), "0" * 16) != DEFAULT_KEY
+    assert runs.run_key(c, "1" * 16) != DEFAULT_KEY
+
+
+def test_load_or_train(tmp_path, synth, tiny_config, monkeypatch):
+    run = runs.get(tiny_config, synth, "g", tmp_path)
+    assert run.path == tmp_path / "g" / runs.run_key(tiny_config, synth.fingerprint)
+    for f in ("config.json", "summary.json", "metrics.csv", "weights.csv", "test_logits.npy",
+              "model.pt"):
+        assert (run.path / f).is_file(), f
+    assert list((run.path / "tb").glob("events.out.tfevents.*"))
+    assert len(run.metrics) == tiny_config.epochs
+    assert run.summary["data_fingerprint"] == synth.fingerprint
+    assert run.summary["cache_version"] == runs.CACHE_VERSION
+    model = run.model()
+    assert sum(p.numel() for p in model.parameters()) == run.summary["n_params"]
+
+    def boom(*a, **k):
+        raise AssertionError("a cache hit must not train")
+
+    monkeypatch.setattr(runs, "fit", boom)
+    again = runs.get(tiny_config, synth, "g", tmp_path)
+    assert again.summary == run.summary
+    df = runs.load_results("g", tmp_path)
+    assert len(df) == 1 and df.loc[0, "model.width"] == 8 and df.loc[0, "status"] == "ok"
+
+
+def test_miss_without_training_is_an_error(tmp_path, synth, tiny_config):
+    with pytest.raises(CacheError, match="training is off"):
+        runs.get(tiny_config, synth, "g", tmp_path, train=False)
+
+
+def test_mismatched_folder_is_reported(tmp_path, synth, tiny_config):
+    run = runs.get(tiny_config, synth, "g", tmp_path)
+    cfg = json.loads((run.path / "config.json").read_text())
+    cfg["lr"] = 0.5
+    (run.path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CacheError, match="no longer match its key"):
+        runs.get(tiny_config, synth, "g", tmp_path)
+
+
+SCRIPT = """
+import sys
+from lib import data, runs, train
+ds = data.synthetic(400, 200, seed=0)
+cfg = train.make_config(model=dict(depth=2, width=8), epochs=500, batch_size=64,
+                        precision="fp32")
+runs.get(cfg, ds, "g", sys.argv[1], progress=False)
+"""
+
+
+def test_killed_run_leaves_no_folder(tmp_path, synth):
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)])
+    try:
+        deadline = time.time() + 120
+        # wait until training has started writing (TensorBoard events in the temp folder)
+        while not list((tmp_path / runs.TMP).glob("*/tb/events.*")):
+            assert proc.poll() is None, "the training process ended early"
+            assert time.time() < deadline, "training never started"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
+    assert runs.list_runs("g", tmp_path) == []
+    # the next writer removes the dead process's temporary folder
+    removed = runs.clean_stale_tmp(tmp_path)
+    assert len(removed) == 1 and not any((tmp_path / runs.TMP).iterdir())

@@ -1,0 +1,96 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lib import train
+from lib.models import ConfigError
+
+
+def test_same_seed_same_metrics(synth, tiny_config):
+    a = train.fit(tiny_config, synth, device="cpu", progress=False)
+    b = train.fit(tiny_config, synth, device="cpu", progress=False)
+    assert a.history[-1]["test_acc"] == b.history[-1]["test_acc"]
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    c = train.fit(train.make_config(tiny_config, seed=1), synth, device="cpu", progress=False)
+    assert [r["train_loss"] for r in a.history] != [r["train_loss"] for r in c.history]
+
+
+def test_learns_the_synthetic_signal(synth, tiny_config):
+    cfg = train.make_config(tiny_config, epochs=6)
+    res = train.fit(cfg, synth, device="cpu", progress=False)
+    assert res.summary["status"] == "ok"
+    assert res.summary["test_acc"] > 0.5  # chance is 0.1
+    assert len(res.history) == 6 and res.test_logits.shape == (200, 10)
+    assert {"layer", "norm", "std"} <= set(res.weights[0])
+
+
+def test_mlp_trains(synth):
+    cfg = train.make_config(model=dict(kind="mlp", hidden=(32,)), epochs=2, batch_size=64,
+                            precision="fp32")
+    res = train.fit(cfg, synth, device="cpu", progress=False)
+    assert res.summary["n_params"] == 3072 * 32 + 32 + 330
+
+
+def test_divergence_is_recorded_not_raised(synth, tiny_config):
+    cfg = train.make_config(tiny_config, lr=1e8, schedule="constant", warmup=0.0,
+                            model=dict(batch_norm=False), weight_decay=0.0, epochs=3)
+    res = train.fit(cfg, synth, device="cpu", progress=False)
+    assert res.summary["status"] == "diverged"
+    assert res.summary["epochs_run"] == 1
+    assert not math.isfinite(res.history[0]["train_loss"])
+
+
+def test_callback_stops_training(synth, tiny_config):
+    cfg = train.make_config(tiny_config, epochs=5)
+    res = train.fit(cfg, synth, device="cpu", progress=False, callbacks=[lambda e, r, m: e == 2])
+    assert res.summary["status"] == "stopped" and res.summary["epochs_run"] == 2
+
+
+def test_bf16_autocast_runs(synth, tiny_config):
+    res = train.fit(train.make_config(tiny_config, precision="bf16"), synth, device="cpu",
+                    progress=False)
+    assert res.summary["amp_dtype"] == "bfloat16"
+    assert np.isfinite(res.summary["test_loss"])
+
+
+def test_augment_crop_and_flip():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, b = train.augment_batch(x, g1, pad=2), train.augment_batch(x, g2, pad=2)
+    assert a.shape == x.shape and a.dtype == x.dtype and torch.equal(a, b)
+    # each output image is a (possibly flipped) shifted window of the zero-padded input
+    xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [xp[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(2)) for w in windows)
+
+
+@pytest.mark.parametrize("schedule", train.SCHEDULES)
+def test_lr_schedules(schedule):
+    f = [train.lr_factor(s, 100, schedule, 0.2) for s in range(100)]
+    assert f[0] == pytest.approx(0.05) and f[19] == pytest.approx(1.0)
+    assert max(f) == pytest.approx(1.0)
+    if schedule != "constant":
+        assert f[-1] < 0.05
+
+
+def test_make_config_errors():
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['learning_rate'\]"):
+        train.make_config(learning_rate=0.1)
+    with pytest.raises(ConfigError, match="optimizer"):
+        train.make_config(optimizer="lbfgs")
+    with pytest.raises(ConfigError, match="unknown model option"):
+        train.make_config(**{"model.filters": 3})
+    assert train.make_config(**{"model.depth": 2}).model.depth == 2
+
+
+def test_config_roundtrip():
+    c = train.make_config(model=dict(kind="mlp", hidden=(16, 8)), lr=0.3)
+    assert train.config_from_dict(train.config_dict(c)) == c
+
+
+def test_unknown_device():
+    with pytest.raises(ConfigError):
+        train.resolve_device("tpu")
