@@ -34,7 +34,6 @@ class Setup:
     seed: int
     data: Dataset
     runs_dir: str | None
-    train: bool = True
     run_keys: list = field(default_factory=list)
 
     def note_run(self, run) -> None:
@@ -44,7 +43,7 @@ class Setup:
 
 
 def setup(chapter: str, budget: str = "cpu", device: str = "auto", data_dir: str | None = None,
-          runs_dir: str | None = None, seed: int = 0, train: bool = True) -> Setup:
+          runs_dir: str | None = None, seed: int = 0) -> Setup:
     """Validate a chapter's papermill parameters and load its data.
 
     ``budget="smoke"`` uses a small synthetic CIFAR-shaped dataset (no download);
@@ -63,7 +62,7 @@ def setup(chapter: str, budget: str = "cpu", device: str = "auto", data_dir: str
     else:
         data = load_cifar10(data_dir or None)
     return Setup(chapter=chapter, budget=budget, device=str(dev), seed=seed, data=data,
-                 runs_dir=runs_dir, train=train)
+                 runs_dir=runs_dir)
 
 
 # --------------------------------------------------------------------------

@@ -75,9 +75,15 @@ def execute(nb: Path, out: Path | None = None, **params) -> float:
 
 
 def build_html(root: Path = REPO_ROOT, builder: str = "html") -> None:
-    """``jupyter-book build`` with execution off (the notebooks are already executed)."""
+    """``jupyter-book build`` with execution off (the notebooks are already executed).
+
+    Sphinx warnings are errors (``-W -n``): a broken reference, a missing figure or
+    a glued value that cannot be formatted fails the build instead of publishing
+    a gap.
+    """
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb if jb.exists() else "jupyter-book"), "build", str(root), "--builder", builder]
+    cmd = [str(jb if jb.exists() else "jupyter-book"), "build", str(root), "--builder", builder,
+           "-W", "-n", "--keep-going"]
     r = subprocess.run(cmd, cwd=root)
     if r.returncode:
         raise UserError(f"jupyter-book build failed (exit {r.returncode}); see the output above")

@@ -14,22 +14,23 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
            stride: int = 1, padding: int = 0) -> np.ndarray:
     """2-D convolution as deep-learning libraries define it (chapter 1).
 
-    ``x``: (C_in, H, W) image; ``w``: (C_out, C_in, k_h, k_w) kernels; returns
-    (C_out, H_out, W_out). Like PyTorch this is a cross-correlation: the kernel
-    is not flipped. Each output value is the sum over all input channels of the
-    kernel times the patch under it, plus the bias.
+    x: (C_in, H, W) image; w: (C_out, C_in, kh, kw) kernels.
+    Returns (C_out, H_out, W_out). Like PyTorch, this is a
+    cross-correlation: the kernel is not flipped.
     """
     if x.ndim != 3 or w.ndim != 4 or w.shape[1] != x.shape[0]:
-        raise ValueError(f"shapes x{x.shape} and w{w.shape}: need (C,H,W) and (O,C,kh,kw)")
+        raise ValueError(f"shapes x{x.shape}, w{w.shape}: "
+                         "need (C,H,W) and (O,C,kh,kw)")
     c_out, _, kh, kw = w.shape
     x = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
     h_out = (x.shape[1] - kh) // stride + 1
     w_out = (x.shape[2] - kw) // stride + 1
-    out = np.zeros((c_out, h_out, w_out), dtype=np.result_type(x, w, np.float32))
+    out = np.zeros((c_out, h_out, w_out), np.result_type(x, w, np.float32))
     for o in range(c_out):
         for i in range(h_out):
             for j in range(w_out):
-                patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                r, c = i * stride, j * stride
+                patch = x[:, r:r + kh, c:c + kw]   # all channels
                 out[o, i, j] = np.sum(patch * w[o])
         if b is not None:
             out[o] += b[o]
@@ -70,26 +71,26 @@ def apply_kernel(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return conv2d(img[None], kernel[None, None], padding=k // 2)[0]
 
 
-def kernel_similarity(w: np.ndarray, kernels: dict) -> object:
-    """|cosine similarity| of each filter's brightness pattern with each classic kernel.
+def filter_structure(w: np.ndarray) -> object:
+    """Per-filter structure statistics of first-layer kernels (chapter 1).
 
-    ``w``: (O, C, k, k) learned filters; each is averaged over its input
-    channels and centred (mean removed); classic kernels are zero-padded to
-    k x k and centred likewise. Returns a DataFrame (filters x kernels).
+    ``w``: (O, 3, k, k). ``neighbour_corr``: correlation between horizontally
+    and vertically adjacent weights (0 for independent noise, near 1 for smooth
+    patterns); ``channel_corr``: mean correlation between the three colour
+    channels of a filter (near 1: a brightness pattern; negative: a colour
+    contrast); ``norm``: the filter's L2 norm. Returns a DataFrame, one row per filter.
     """
     import pandas as pd
 
-    g = w.mean(axis=1)
-    g = g - g.mean(axis=(1, 2), keepdims=True)
-    g = g.reshape(len(g), -1)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    k = w.shape[-1]
-    cols = {}
-    for name, ker in kernels.items():
-        p = (k - ker.shape[0]) // 2
-        if p < 0:
-            raise ValueError(f"kernel {name!r} is larger than the filters ({k} x {k})")
-        kk = np.pad(ker, p).astype(np.float64)
-        kk = (kk - kk.mean()).ravel()
-        cols[name] = np.abs(g @ (kk / np.linalg.norm(kk)))
-    return pd.DataFrame(cols)
+    def corr(a, b):
+        a = a - a.mean(axis=1, keepdims=True)
+        b = b - b.mean(axis=1, keepdims=True)
+        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1) + 1e-24)
+
+    n = len(w)
+    horiz = corr(w[..., :-1].reshape(n, -1), w[..., 1:].reshape(n, -1))
+    vert = corr(w[..., :-1, :].reshape(n, -1), w[..., 1:, :].reshape(n, -1))
+    flat = w.reshape(n, 3, -1)
+    chan = np.mean([corr(flat[:, i], flat[:, j]) for i, j in ((0, 1), (0, 2), (1, 2))], axis=0)
+    return pd.DataFrame(dict(neighbour_corr=(horiz + vert) / 2, channel_corr=chan,
+                             norm=np.linalg.norm(w.reshape(n, -1), axis=1)))

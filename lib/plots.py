@@ -105,7 +105,7 @@ def filters_rgb(w: np.ndarray, ncols: int = 8, title: str | None = None):
 def feature_maps(maps: np.ndarray, ncols: int = 8, title: str | None = None, image=None):
     """Activation maps (C, H, W), each with its own colour scale; optionally the input first."""
     n = len(maps) + (image is not None)
-    fig, axes = _grid(n, ncols, cell=0.95, extra_h=0.2)
+    fig, axes = _grid(n, ncols, cell=0.95, extra_h=0.35)
     axes = list(axes)
     if image is not None:
         axes[0].imshow(image)

@@ -38,15 +38,17 @@ def test_output_size_matches_torch(n, k, s, p):
     assert filters.output_size(n, k, s, p) == got.shape[-1]
 
 
-def test_kernel_similarity_finds_the_kernel():
-    w = np.zeros((2, 3, 5, 5), np.float32)
-    w[0, :, 1:4, 1:4] = filters.KERNELS["sobel x"]
-    w[1] = np.random.default_rng(0).normal(size=(3, 5, 5))
-    sim = filters.kernel_similarity(w, {"sobel x": filters.KERNELS["sobel x"],
-                                        "sobel y": filters.KERNELS["sobel y"]})
-    assert sim.loc[0, "sobel x"] == pytest.approx(1.0)
-    assert sim.loc[0, "sobel y"] == pytest.approx(0.0, abs=1e-9)
-    assert sim.loc[1, "sobel x"] < 0.9
+def test_filter_structure():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(64, 3, 5, 5))
+    ramp = np.broadcast_to(np.linspace(-1, 1, 5), (2, 3, 5, 5)).copy()
+    ramp[1, 2] *= -1  # blue channel reversed: a colour contrast
+    s_noise, s_ramp = filters.filter_structure(noise), filters.filter_structure(ramp)
+    assert abs(s_noise.neighbour_corr.mean()) < 0.1 and abs(s_noise.channel_corr.mean()) < 0.1
+    assert s_ramp.channel_corr[0] == pytest.approx(1.0)
+    assert s_ramp.channel_corr[1] == pytest.approx(-1 / 3)
+    assert s_ramp.neighbour_corr[0] > 0.4
+    assert s_ramp.norm[0] == pytest.approx(np.linalg.norm(ramp[0]))
 
 
 @pytest.mark.parametrize("kernel,convs", [(3, 1), (5, 1), (3, 2)])
