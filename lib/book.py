@@ -83,11 +83,25 @@ def ch03_cnn_model():
                         convs_per_block=2, batch_norm=True)
 
 
+def ch03_mlp_model():
+    """The chapter-3 MLP: the earlier exercise's fully connected model class."""
+    return model_config(kind="mlp", hidden=(512, 256))
+
+
+def ch03_configs(budget: str) -> dict[str, list[Config]]:
+    """Chapter 3's runs: the MLP and the CNN with the same optimiser, schedule,
+    augmentation and epoch budget, several seeds each."""
+    epochs = {"smoke": 2, "cpu": 20, "gpu": 40}[budget]
+    n_seeds = {"smoke": 2, "cpu": 3, "gpu": 5}[budget]
+    common = dict(epochs=epochs, batch_size=128, lr=0.05, optimizer="sgd",
+                  schedule="onecycle", weight_decay=5e-4)
+    return {name: [make_config(model=m.__dict__, seed=s, **common) for s in range(n_seeds)]
+            for name, m in (("mlp", ch03_mlp_model()), ("cnn", ch03_cnn_model()))}
+
+
 def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
-    """The chapter-3 CNN's training run (chapter 3 refines the budget)."""
-    epochs = {"smoke": 2, "cpu": 15, "gpu": 30}[budget]
-    return make_config(model=ch03_cnn_model().__dict__, epochs=epochs, batch_size=128,
-                       lr=0.05, optimizer="sgd", schedule="onecycle", seed=seed)
+    """One chapter-3 CNN run (the ``ch03-cnn`` preset of ``python -m lib train``)."""
+    return make_config(ch03_configs(budget)["cnn"][0], seed=seed)
 
 
 # --------------------------------------------------------------------------
