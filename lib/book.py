@@ -126,4 +126,4 @@ def execution_report(s: Setup, runs: list) -> object:
                        if first else "no training run"),
         "runs read": ", ".join(r.key for r in runs) or "none",
     }
-    return pd.DataFrame({"value": rows}).rename_axis("")
+    return pd.DataFrame({"value": rows}).style.set_properties(**{"text-align": "left"})

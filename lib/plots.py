@@ -133,3 +133,149 @@ def curves(metrics: pd.DataFrame, label: str = ""):
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return fig
+
+
+def class_samples(x: np.ndarray, y: np.ndarray, classes, n: int = 8, seed: int = 0):
+    """``n`` random images of each class, one row per class, labelled on the left."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(classes), n, figsize=(WIDTH, 0.95 * len(classes)),
+                             squeeze=False)
+    for c, name in enumerate(classes):
+        idx = rng.choice(np.flatnonzero(y == c), n, replace=False)
+        for j, i in enumerate(idx):
+            ax = axes[c, j]
+            ax.imshow(x[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=10)
+    fig.subplots_adjust(left=0.14, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05)
+    return fig
+
+
+def count_table(df: pd.DataFrame, title: str, fmt: str = "d"):
+    """A count table (classes x columns) as an annotated heatmap."""
+    fig, ax = plt.subplots(figsize=(min(WIDTH, 1.6 + 1.1 * df.shape[1]), 0.32 * len(df) + 1.2))
+    sns.heatmap(df, annot=True, fmt=fmt, cmap="Blues", cbar=False, ax=ax, linewidths=0.5)
+    ax.set_title(title)
+    ax.set_ylabel("")
+    ax.tick_params(axis="x", rotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def channel_histograms(h: pd.DataFrame):
+    """Pixel-value histograms per colour channel (fractions of all pixels)."""
+    fig, ax = plt.subplots(figsize=(WIDTH, 2.8))
+    for c, colour in (("red", "tab:red"), ("green", "tab:green"), ("blue", "tab:blue")):
+        ax.plot(h.index, 100 * h[c] / h[c].sum(), color=colour, label=c)
+    ax.set(xlabel="pixel value (0-255)", ylabel="share of pixels (%)", xlim=(0, 255))
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def per_class_box(stats: pd.DataFrame, columns=("brightness", "contrast")):
+    """Box plots of per-image statistics by class, one panel per column."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(WIDTH, 3.4), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        sns.boxplot(data=stats, y="class", x=col, ax=ax, fliersize=1, color="tab:blue",
+                    width=0.6)
+        ax.set(xlabel=f"{col} (grey level, 0-1)", ylabel="")
+    fig.tight_layout()
+    return fig
+
+
+def embedding(points: dict, labels: np.ndarray, classes):
+    """2-D embeddings side by side (dict title -> (N, 2)), coloured by class."""
+    fig, axes = plt.subplots(1, len(points), figsize=(WIDTH, 4.0), squeeze=False)
+    palette = sns.color_palette("tab10", len(classes))
+    for ax, (title, z) in zip(axes[0], points.items()):
+        for c, name in enumerate(classes):
+            m = labels == c
+            ax.scatter(z[m, 0], z[m, 1], s=3, alpha=0.6, color=palette[c], label=name,
+                       rasterized=True)
+        ax.set(title=title, xticks=[], yticks=[])
+    handles = [plt.Line2D([], [], marker="o", ls="", color=palette[c], label=n)
+               for c, n in enumerate(classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=5, frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+def image_pairs(top: np.ndarray, bottom: np.ndarray, titles, row_labels=("test", "train")):
+    """Pairs of images, one pair per column (e.g. a test image over its nearest train image)."""
+    n = len(top)
+    fig, axes = plt.subplots(2, n, figsize=(WIDTH, 2.8), squeeze=False)
+    for j in range(n):
+        for r, imgs in enumerate((top, bottom)):
+            ax = axes[r, j]
+            ax.imshow(imgs[j], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, j].set_title(titles[j], fontsize=7.5)
+    for r, lab in enumerate(row_labels):
+        axes[r, 0].set_ylabel(lab, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_histogram(sim: np.ndarray, threshold: float):
+    """Histogram of nearest-neighbour similarities with the duplicate threshold marked."""
+    fig, ax = plt.subplots(figsize=(WIDTH, 2.8))
+    ax.hist(sim, bins=100, color="tab:blue")
+    ax.axvline(threshold, color="tab:red", ls="--", label=f"threshold {threshold}")
+    ax.set(xlabel="correlation with the nearest training image", ylabel="test images",
+           yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def curves_compare(histories: dict):
+    """Mean (line) and min-max over seeds (band) of loss and accuracy per epoch.
+
+    ``histories``: model name -> list of per-seed metrics DataFrames (chapter 3).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.3))
+    palette = dict(zip(histories, sns.color_palette("tab10", len(histories))))
+    for name, dfs in histories.items():
+        long = pd.concat(dfs, keys=range(len(dfs)), names=["seed"]).reset_index(level=0)
+        g = long.groupby("epoch")
+        for split, ls in (("train", "--"), ("test", "-")):
+            for ax, col, scale in ((axes[0], "loss", 1), (axes[1], "acc", 100)):
+                m = g[f"{split}_{col}"].agg(["mean", "min", "max"]) * scale
+                ax.plot(m.index, m["mean"], ls, color=palette[name], label=f"{name} {split}")
+                ax.fill_between(m.index, m["min"], m["max"], color=palette[name], alpha=0.2)
+    axes[0].set(xlabel="epoch", ylabel="cross-entropy loss (nats)", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    axes[1].legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrices(cms: dict):
+    """Row-normalised confusion matrices side by side, in percent (chapter 3)."""
+    fig, axes = plt.subplots(1, len(cms), figsize=(WIDTH, WIDTH / len(cms) + 0.6),
+                             squeeze=False)
+    for ax, (title, cm) in zip(axes[0], cms.items()):
+        sns.heatmap(100 * cm, annot=True, fmt=".0f", cmap="Blues", cbar=False, ax=ax,
+                    square=True, vmin=0, vmax=100, annot_kws={"fontsize": 6.5})
+        ax.set(title=title, xlabel="predicted class", ylabel="true class")
+        ax.tick_params(labelsize=7.5)
+        ax.tick_params(axis="x", rotation=90)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_bars(acc: pd.DataFrame):
+    """Per-class test accuracy of several models (columns), in percent."""
+    long = (100 * acc).reset_index().melt(id_vars="class", var_name="model",
+                                          value_name="accuracy (%)")
+    fig, ax = plt.subplots(figsize=(WIDTH, 3.0))
+    sns.barplot(data=long, x="class", y="accuracy (%)", hue="model", ax=ax)
+    ax.set(xlabel="", ylim=(0, 100))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

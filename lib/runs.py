@@ -247,3 +247,38 @@ def load_results(group: str, runs_dir=None) -> pd.DataFrame:
     rows = [{**flat(config_dict(r.config)), **r.summary, "key": r.key}
             for r in list_runs(group, runs_dir)]
     return pd.DataFrame(rows)
+
+
+def cached(group: str, name: str, ds: Dataset, fn, runs_dir=None, params: dict | None = None):
+    """Compute-once cache for an analysis result (chapter 2): ``fn()``.
+
+    The result (a DataFrame or an ndarray) is stored as
+    ``runs/<group>/<name>-<key>.csv`` or ``.npy``, the key hashing the name,
+    ``params`` (everything ``fn`` depends on besides the data), the data
+    fingerprint and CACHE_VERSION; written atomically.
+    """
+    blob = json.dumps(dict(name=name, params=params or {}, data=ds.fingerprint,
+                           version=CACHE_VERSION), sort_keys=True, default=str)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    base = runs_root(runs_dir) / group / f"{name}-{key}"
+    for suffix in (".csv", ".npy"):
+        if base.with_suffix(suffix).is_file():
+            return load_cached(base.with_suffix(suffix))
+    out = fn()
+    suffix = ".csv" if isinstance(out, pd.DataFrame) else ".npy"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tmp = base.parent / f".{base.name}.{os.getpid()}.tmp{suffix}"
+    try:
+        if suffix == ".csv":
+            out.to_csv(tmp, index=False)
+        else:
+            np.save(tmp, np.asarray(out))
+        os.replace(tmp, base.with_suffix(suffix))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return load_cached(base.with_suffix(suffix))
+
+
+def load_cached(path: Path):
+    return pd.read_csv(path) if path.suffix == ".csv" else np.load(path)

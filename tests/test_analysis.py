@@ -1,0 +1,89 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib import analysis, data, runs
+
+
+def test_counts_and_order(synth):
+    counts = analysis.class_counts(synth)
+    assert counts.train.sum() == len(synth.y_train) and counts.test.sum() == len(synth.y_test)
+    assert not any(analysis.keeps_official_order(synth).values())
+    big = data.Dataset(np.zeros((20_000, 32, 32, 3), np.uint8), np.arange(20_000) % 10,
+                       synth.x_test, synth.y_test, source="t")
+    bc = analysis.batch_counts(big)
+    assert list(bc.columns) == ["batch 1", "batch 2"] and (bc.values == 1000).all()
+
+
+def test_image_stats(synth):
+    st = analysis.image_stats(synth.x_train, synth.y_train, chunk=64)
+    assert len(st) == len(synth.y_train)
+    assert {"class", "red", "green", "blue", "brightness", "contrast"} <= set(st.columns)
+    assert st.brightness.between(0, 1).all()
+    white = np.full((1, 32, 32, 3), 255, np.uint8)
+    one = analysis.image_stats(white, np.array([0]))
+    assert one.brightness[0] == pytest.approx(1.0) and one.contrast[0] == pytest.approx(0.0)
+    assert analysis.mean_images(synth.x_train, synth.y_train).shape == (10, 32, 32, 3)
+    h = analysis.channel_histograms(synth.x_train)
+    assert h.shape == (256, 3) and (h.sum() == synth.x_train[..., 0].size).all()
+
+
+def test_nearest_train_finds_planted_copies(synth):
+    x_test = synth.x_test[:20].copy()
+    x_test[3] = np.clip(synth.x_train[17].astype(int) * 0.8 + 20, 0, 255).astype(np.uint8)
+    x_test[9] = synth.x_train[5]
+    nn = analysis.nearest_train(x_test, synth.x_train, chunk=7)
+    assert nn.train[3] == 17 and nn.similarity[3] > 0.999  # brightness/contrast change
+    assert nn.train[9] == 5 and nn.similarity[9] == pytest.approx(1.0, abs=1e-5)
+    f = analysis.flat_normalised(synth.x_train[:5])
+    assert np.allclose(np.linalg.norm(f, axis=1), 1, atol=1e-5)
+
+
+def test_embeddings(synth):
+    x = synth.x_train[:120]
+    assert analysis.embed(x, "pca").shape == (120, 2)
+    assert analysis.embed(x, "tsne").shape == (120, 2)
+    with pytest.raises(ValueError, match="unknown"):
+        analysis.embed(x, "umap")
+    cum = analysis.pca_explained(x, n=10)
+    assert np.all(np.diff(cum) >= 0) and cum[-1] <= 1 + 1e-6
+
+
+def test_knn_beats_chance_on_synthetic(synth):
+    res = analysis.knn_accuracy(synth, n_train=300, n_test=100, k=3)
+    assert res.accuracy[0] > 0.3
+
+
+def test_confusion_and_mistakes():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([0, 1, 1, 1, 0, 2])
+    cm = analysis.confusion(y, p)
+    assert cm.shape == (10, 10)
+    assert cm.loc["airplane"].sum() == pytest.approx(1.0)
+    assert cm.loc["airplane", "automobile"] == pytest.approx(0.5)
+    acc = analysis.per_class_accuracy(y, p)
+    assert acc["automobile"] == 1.0 and acc["bird"] == 0.5
+    pairs = analysis.confused_pairs(cm, top=2)
+    assert pairs.total[0] == pytest.approx(0.5) and pairs.total[0] >= pairs.total[1]
+    logits = np.zeros((6, 10))
+    logits[np.arange(6), p] = [5, 1, 5, 5, 3, 5]
+    worst = analysis.confident_mistakes(logits, y, top=5)
+    assert worst["index"].tolist() == [4, 1]  # only the mistakes, most confident first
+    assert (worst.confidence.diff().dropna() <= 0).all()
+
+
+def test_cached_computes_once(tmp_path, synth):
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return pd.DataFrame({"a": [1, 2]})
+
+    a = runs.cached("g", "thing", synth, fn, tmp_path, params={"k": 1})
+    b = runs.cached("g", "thing", synth, fn, tmp_path, params={"k": 1})
+    assert len(calls) == 1 and a.equals(b)
+    runs.cached("g", "thing", synth, fn, tmp_path, params={"k": 2})
+    assert len(calls) == 2
+    arr = runs.cached("g", "arr", synth, lambda: np.arange(3), tmp_path)
+    assert arr.tolist() == [0, 1, 2]
+    assert not [p for p in (tmp_path / "g").iterdir() if ".tmp" in p.name]
