@@ -1,8 +1,10 @@
 import os
+import shutil
 
 import pytest
 
-from lib import data
+from lib import cli, data
+from lib.data import REPO_ROOT
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -28,3 +30,29 @@ def write_npz(path, **arrays):
     with open(path, "wb") as f:
         np.savez(f, **arrays)
     return path
+
+
+def copy_book(root):
+    """The book's sources (config, toc, book/) in ``root``, with lib/ linked for literalinclude."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    shutil.copytree(REPO_ROOT / "book", root / "book")
+    (root / "lib").symlink_to(REPO_ROOT / "lib")
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """A copy of the book whose chapters were executed at budget="smoke"."""
+    root = copy_book(tmp_path_factory.mktemp("smoke_book"))
+    for nb in cli.chapters(root):
+        cli.execute(nb, budget="smoke", runs_dir=str(root / "runs"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def published_html(tmp_path_factory):
+    """The committed (executed) notebooks built to HTML, as a reader gets them."""
+    root = copy_book(tmp_path_factory.mktemp("published_book"))
+    cli.build_html(root)  # Sphinx warnings are errors
+    return root / "_build" / "html"

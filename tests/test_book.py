@@ -1,28 +1,12 @@
 """Every chapter executes at budget="smoke" (synthetic data), and the book builds to HTML."""
 
 import re
-import shutil
 
 import pytest
 
 from lib import cli
-from lib.data import REPO_ROOT
 
 CHAPTERS = cli.chapters()
-
-
-@pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory):
-    """A copy of the book whose chapters were executed at budget="smoke"."""
-    root = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(REPO_ROOT / name, root / name)
-    shutil.copytree(REPO_ROOT / "book", root / "book")
-    (root / "lib").symlink_to(REPO_ROOT / "lib")  # literalinclude ../lib/...
-    runs_dir = root / "runs"
-    for nb in cli.chapters(root):
-        cli.execute(nb, budget="smoke", runs_dir=str(runs_dir))
-    return root
 
 
 def test_toc_lists_chapters():

@@ -1,0 +1,132 @@
+"""The published book in a real browser: every page of _toc.yml in headless Chromium.
+
+Skips (with the reason) where Chromium is not installed; `.ci/run` installs it
+(Debian's `chromium`), so CI never skips. Screenshots of each page's first screen
+are kept in `_build/test-screenshots/` (not committed) for a person to look at.
+"""
+
+import functools
+import http.server
+import json
+import re
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nbformat
+import pytest
+
+from lib import cli
+from lib.data import REPO_ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not found: apt-get install chromium")
+SHOTS = REPO_ROOT / "_build" / "test-screenshots"
+# Chromium flags for a closed network (see the machine notes): no background traffic.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# Console errors that come from the theme, not from the book, each with its reason:
+ALLOWED_CONSOLE = (
+    # Jupyter Book 1.0.4 includes sphinx-thebe's config script twice on every page,
+    # so the second `const THEBE_JS_URL` fails; the book does not use Thebe.
+    "Identifier 'THEBE_JS_URL' has already been declared",
+    # pydata-sphinx-theme reports a fresh browser profile's empty theme setting,
+    # then falls back to "auto" (light/dark from the system).
+    "Got invalid theme mode: . Resetting to auto.",
+)
+
+
+def page_title(src: Path) -> str:
+    """The first level-1 heading of a chapter's source."""
+    if src.suffix == ".ipynb":
+        text = "\n".join(c.source for c in nbformat.read(src, as_version=4).cells
+                         if c.cell_type == "markdown")
+    else:
+        text = src.read_text()
+    return re.search(r"^# (.+)$", text, re.M).group(1).strip()
+
+
+@pytest.fixture(scope="module")
+def site(published_html):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(published_html))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", published_html
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    """A page that records console errors; requests off localhost are blocked
+    (the book's MathJax comes from a CDN, unreachable offline; its failure to
+    load is the one console error we allow, and only for non-local URLs)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+
+    def on_console(msg):
+        if msg.type == "error":
+            where = (msg.location or {}).get("url", "")
+            local = not where or urlparse(where).hostname == "127.0.0.1"
+            if local and msg.text not in ALLOWED_CONSOLE:
+                errors.append(msg.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda e: None if str(e) in ALLOWED_CONSOLE else errors.append(str(e)))
+    page.route(re.compile(r"^https?://(?!127\.0\.0\.1)"), lambda route: route.abort())
+    page.goto(url, wait_until="load")
+    return page, errors
+
+
+def test_every_page(site, browser):
+    base, html = site
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for src in cli.toc_files():
+        rel = src.relative_to(REPO_ROOT).with_suffix(".html").as_posix()
+        page, errors = open_page(browser, f"{base}/{rel}")
+        try:
+            h1 = page.inner_text("main h1").replace("#", "").strip()
+            assert page_title(src) in h1, (rel, h1)
+            broken = page.evaluate("Array.from(document.images)"
+                                   ".filter(i => !i.complete || i.naturalWidth === 0)"
+                                   ".map(i => i.src)")
+            assert broken == [], (rel, broken)
+            text = page.inner_text("main")
+            assert "Traceback" not in text and "Error:" not in text, rel
+            hrefs = page.evaluate("Array.from(document.querySelectorAll('a[href]'))"
+                                  ".map(a => a.href)")
+            for h in hrefs:
+                u = urlparse(h)
+                if u.hostname == "127.0.0.1":
+                    target = html / u.path.lstrip("/")
+                    assert target.is_file() or (target / "index.html").is_file(), (rel, h)
+            assert errors == [], (rel, errors)
+            page.screenshot(path=str(SHOTS / (Path(rel).stem + ".png")))
+        finally:
+            page.close()
+
+
+def test_search_finds_a_chapter_word(site, browser):
+    base, _ = site
+    page, errors = open_page(browser, f"{base}/search.html?q=convolution")
+    try:
+        page.wait_for_selector("ul.search li", timeout=20_000)
+        hits = page.evaluate("Array.from(document.querySelectorAll('ul.search li a'))"
+                             ".map(a => a.getAttribute('href'))")
+        assert any("01_filters" in h for h in hits), json.dumps(hits)
+        assert errors == []
+    finally:
+        page.close()
