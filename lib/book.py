@@ -109,9 +109,14 @@ def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
 # --------------------------------------------------------------------------
 def execution_report(s: Setup, runs: list) -> object:
     """A small table for the end of a chapter: what made its numbers."""
-    import pandas as pd
+    import json
 
-    from .runs import _git_commit
+    import pandas as pd
+    from myst_nb import glue
+
+    from .runs import READ, _git_commit
+
+    glue("inputs_read", json.dumps(READ), display=False)  # read by `python -m lib book`
 
     first = runs[0].summary if runs else {}
     rows = {

@@ -57,8 +57,86 @@ def chapters(root: Path = REPO_ROOT) -> list[Path]:
     return [p for p in toc_files(root) if p.suffix == ".ipynb"]
 
 
+# --------------------------------------------------------------------------
+# staleness: which chapters must be re-executed (Jupyter Book's own cache cannot
+# see inputs outside the notebook, such as lib/ or runs/)
+# --------------------------------------------------------------------------
+META = "cifar_book"
+
+
+def _digest(items) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in items:
+        h.update(it if isinstance(it, bytes) else str(it).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def inputs_digest(nb_path: Path, params: dict, read: list[str]) -> dict:
+    """Hashes of what an execution depends on: the notebook's own cells (not the
+    injected parameters, not outputs), the lib code, the parameters and data
+    setting, and every run folder or cached analysis file the chapter read."""
+    import nbformat
+
+    from .data import ENV_VAR
+    from .runs import runs_root
+
+    nb = nbformat.read(nb_path, as_version=4)
+    cells = [c.cell_type + c.source for c in nb.cells
+             if "injected-parameters" not in c.metadata.get("tags", [])]
+    lib = sorted((REPO_ROOT / "lib").glob("*.py"))
+    root = runs_root(params.get("runs_dir") or None)
+    runs = []
+    for rel in read:
+        p = root / rel
+        files = [p / "config.json", p / "summary.json"] if p.is_dir() else [p]
+        runs += [rel] + [f.read_bytes() if f.is_file() else b"missing" for f in files]
+    return {"notebook source": _digest(cells),
+            "lib code": _digest(f.name.encode() + f.read_bytes() for f in lib),
+            "parameters": _digest([json.dumps(params, sort_keys=True),
+                                   os.environ.get(ENV_VAR, "")]),
+            "runs read": _digest(runs)}
+
+
+def staleness(nb_path: Path, params: dict) -> list[str]:
+    """Why ``nb_path`` must be re-executed with ``params`` (empty: it is up to date)."""
+    import nbformat
+
+    meta = nbformat.read(nb_path, as_version=4).metadata.get(META)
+    if not meta:
+        return ["not executed by `python -m lib book` yet"]
+    now = inputs_digest(nb_path, params, meta.get("read", []))
+    return [f"{k} changed" for k, v in now.items() if meta.get("inputs", {}).get(k) != v]
+
+
+def _glued(nb, name: str):
+    import ast
+
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            if o.get("metadata", {}).get("scrapbook", {}).get("name") == name:
+                return ast.literal_eval(o["data"]["application/papermill.record/text/plain"])
+    return None
+
+
+def record_inputs(nb_path: Path, params: dict) -> None:
+    """Store the inputs digest of a fresh execution in the notebook's metadata."""
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    read = json.loads(_glued(nb, "inputs_read") or "[]")
+    nb.metadata[META] = {"read": read, "params": params,
+                         "inputs": inputs_digest(nb_path, params, read)}
+    nbformat.write(nb, nb_path)
+
+
 def execute(nb: Path, out: Path | None = None, **params) -> float:
-    """Execute one chapter with papermill (in place unless ``out``); return seconds."""
+    """Execute one chapter with papermill (in place unless ``out``); return seconds.
+
+    The executed notebook records a digest of its inputs (see :func:`staleness`).
+    """
     import papermill as pm
 
     params = {k: v for k, v in params.items() if v is not None}
@@ -71,6 +149,7 @@ def execute(nb: Path, out: Path | None = None, **params) -> float:
                             kernel_name="python3", progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
         raise UserError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from e
+    record_inputs(Path(out or nb), params)
     return time.perf_counter() - t
 
 
@@ -96,9 +175,15 @@ def cmd_book(a) -> None:
         if not nbs:
             raise UserError(f"--only {a.only} matches no chapter of _toc.yml")
     for nb in nbs:
-        print(f"executing {nb.relative_to(REPO_ROOT)} (budget={a.budget}) ...", flush=True)
-        dt = execute(nb, budget=a.budget, device=a.device, data_dir=a.data_dir,
-                     runs_dir=a.runs_dir)
+        params = {k: v for k, v in dict(budget=a.budget, device=a.device, data_dir=a.data_dir,
+                                        runs_dir=a.runs_dir).items() if v is not None}
+        why = ["--force"] if a.force else staleness(nb, params)
+        name = nb.relative_to(REPO_ROOT)
+        if not why:
+            print(f"up to date: {name}", flush=True)
+            continue
+        print(f"executing {name} (budget={a.budget}; {', '.join(why)}) ...", flush=True)
+        dt = execute(nb, **params)
         print(f"  done in {dt:.0f} s", flush=True)
     build_html()
     print(f"book: {REPO_ROOT / '_build' / 'html' / 'index.html'}")
@@ -184,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("book", help="execute every chapter with papermill, then build the HTML")
     common(q)
     q.add_argument("--only", nargs="*", help="chapter file prefixes, e.g. 01 03")
+    q.add_argument("--force", action="store_true",
+                   help="re-execute every chapter, even those whose inputs did not change")
     q.set_defaults(func=cmd_book)
     q = sub.add_parser("html", help="build the HTML from the executed notebooks (no training)")
     q.set_defaults(func=cmd_html)

@@ -36,6 +36,18 @@ RUNS_ENV = "LIB_RUNS_DIR"
 TMP = ".tmp"
 
 
+#: Every run folder and cached analysis file read in this process, relative to its
+#: runs root; a chapter's execution report records it so that ``python -m lib book``
+#: can tell when a chapter's inputs changed.
+READ: list[str] = []
+
+
+def _note_read(path: Path, root: Path) -> None:
+    rel = Path(path).relative_to(root).as_posix()
+    if rel not in READ:
+        READ.append(rel)
+
+
 class CacheError(RuntimeError):
     """A cached run is inconsistent with its key, or missing where training is not allowed."""
 
@@ -132,6 +144,7 @@ def find(c: Config, ds: Dataset | str, group: str, runs_dir=None) -> Run | None:
             f"(stored version {stored[1]}, current {CACHE_VERSION}). Delete the "
             "folder to retrain it, or restore the code that made it."
         )
+    _note_read(path, runs_root(runs_dir))
     return run
 
 
@@ -263,6 +276,7 @@ def cached(group: str, name: str, ds: Dataset, fn, runs_dir=None, params: dict |
     base = runs_root(runs_dir) / group / f"{name}-{key}"
     for suffix in (".csv", ".npy"):
         if base.with_suffix(suffix).is_file():
+            _note_read(base.with_suffix(suffix), runs_root(runs_dir))
             return load_cached(base.with_suffix(suffix))
     out = fn()
     suffix = ".csv" if isinstance(out, pd.DataFrame) else ".npy"
@@ -277,6 +291,7 @@ def cached(group: str, name: str, ds: Dataset, fn, runs_dir=None, params: dict |
     finally:
         if tmp.exists():
             tmp.unlink()
+    _note_read(base.with_suffix(suffix), runs_root(runs_dir))
     return load_cached(base.with_suffix(suffix))
 
 

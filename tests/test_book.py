@@ -46,3 +46,30 @@ def test_bad_parameter_fails_at_the_first_cell(tmp_path):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(cli.UserError, match="unknown chapter parameter"):
         cli.execute(CHAPTERS[0], tmp_path / "out.ipynb", colour="red")
+
+
+def test_staleness(smoke_book, tmp_path):
+    import nbformat
+
+    nb = cli.chapters(smoke_book)[0]
+    params = {"budget": "smoke", "runs_dir": str(smoke_book / "runs")}
+    meta = nbformat.read(nb, as_version=4).metadata[cli.META]
+    assert meta["read"], "the chapter recorded no run it read"
+    assert cli.staleness(nb, params) == []
+    assert cli.staleness(nb, {**params, "seed": 1}) == ["parameters changed"]
+    # a run the chapter read changes on disk
+    summary = smoke_book / "runs" / meta["read"][0] / "summary.json"
+    original = summary.read_text()
+    summary.write_text(original.replace('"status": "ok"', '"status": "ok" '))
+    assert cli.staleness(nb, params) == ["runs read changed"]
+    summary.write_text(original)
+    # an edited cell
+    copy = tmp_path / nb.name
+    book = nbformat.read(nb, as_version=4)
+    book.cells[0].source += "\nOne more sentence."
+    nbformat.write(book, copy)
+    assert cli.staleness(copy, params) == ["notebook source changed"]
+    fresh = tmp_path / "fresh.ipynb"
+    book.metadata.pop(cli.META)
+    nbformat.write(book, fresh)
+    assert cli.staleness(fresh, params) == ["not executed by `python -m lib book` yet"]
