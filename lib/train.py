@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import Dataset, channel_stats
+from .data import Dataset, channel_stats, subset
 from .models import ConfigError, ModelConfig, build_model, count_params, model_config
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -295,7 +295,6 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    from .data import subset  # local: keeps the import graph flat
     if c.n_train is not None or c.n_test is not None:
         ds = subset(ds, c.n_train, c.n_test, seed=c.seed)
     dd = DeviceData(ds, dev)
