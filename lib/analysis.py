@@ -150,6 +150,11 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, normalise: bool = True) ->
                         columns=pd.Index(CLASSES, name="predicted"))
 
 
+def accuracy_on(y_pred: np.ndarray, y_true: np.ndarray, mask: np.ndarray) -> float:
+    """Accuracy on the images selected by ``mask`` (NaN when it selects none)."""
+    return float((y_pred == y_true)[mask].mean()) if mask.any() else float("nan")
+
+
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> pd.Series:
     """Recall of each class: the fraction of its test images classified correctly
     (NaN for a class without test images)."""

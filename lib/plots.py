@@ -276,6 +276,7 @@ def per_class_bars(acc: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(WIDTH, 3.0))
     sns.barplot(data=long, x="class", y="accuracy (%)", hue="model", ax=ax)
     ax.set(xlabel="", ylim=(0, 100))
+    ax.tick_params(axis="x", rotation=30)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
