@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .data import CLASSES, Dataset
+from .filters import grey
 
 #: The first five training labels of the official archive (data_batch_1) and
 #: of the official test batch: how we tell whether a copy keeps the official order.
@@ -48,11 +49,6 @@ def batch_counts(ds: Dataset) -> pd.DataFrame:
     cols = {f"batch {i + 1}": np.bincount(ds.y_train[i * BATCH_SIZE:(i + 1) * BATCH_SIZE],
                                           minlength=len(CLASSES)) for i in range(n)}
     return pd.DataFrame(cols, index=pd.Index(CLASSES, name="class"))
-
-
-def grey(x: np.ndarray) -> np.ndarray:
-    """NHWC uint8 -> NHW float32 luma in [0, 1] (ITU-R 601 weights)."""
-    return (x.astype(np.float32) / 255.0) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def image_stats(x: np.ndarray, y: np.ndarray, chunk: int = 5000) -> pd.DataFrame:
@@ -158,8 +154,7 @@ def accuracy_on(y_pred: np.ndarray, y_true: np.ndarray, mask: np.ndarray) -> flo
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> pd.Series:
     """Recall of each class: the fraction of its test images classified correctly
     (NaN for a class without test images)."""
-    acc = [(y_pred[y_true == c] == c).mean() if (y_true == c).any() else np.nan
-           for c in range(len(CLASSES))]
+    acc = [accuracy_on(y_pred, y_true, y_true == c) for c in range(len(CLASSES))]
     return pd.Series(acc, index=pd.Index(CLASSES, name="class"), name="accuracy")
 
 
