@@ -6,7 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install book html test lint bench clean
+.PHONY: install book html test lint bench sweep clean
+BUDGET ?= cpu
+STUDIES ?= main grid-lr-bs pair-pruned pair-full
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +29,9 @@ test: $(STAMP)  ## lint, then the test suite
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+sweep: $(STAMP)  ## run (or resume) the book's hyperparameter studies into runs/search/
+	for s in $(STUDIES); do $(PY) -m lib sweep --study $$s --budget $(BUDGET) || exit 1; done
 
 bench: $(STAMP)  ## training throughput: ours vs the textbook pipeline
 	$(PY) -m lib bench --check-precision

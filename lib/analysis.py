@@ -196,3 +196,192 @@ def knn_accuracy(ds: Dataset, n_train: int = 12_000, n_test: int = 2_000, k: int
     acc = float((clf.predict(flat_normalised(sl.x_test)) == sl.y_test).mean())
     return pd.DataFrame([dict(k=k, n_train=len(sl.y_train), n_test=len(sl.y_test),
                               accuracy=acc)])
+
+
+# --------------------------------------------------------------------------
+# chapter 6: what the search tells us
+# --------------------------------------------------------------------------
+IMPORTANCE_METHODS = ("fanova", "ped-anova")
+
+
+def _evaluator(method: str, seed: int):
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    if method == "fanova":
+        return FanovaImportanceEvaluator(seed=seed)
+    if method == "ped-anova":
+        return PedAnovaImportanceEvaluator()
+    raise ValueError(f"importance method {method!r}: use one of {IMPORTANCE_METHODS}")
+
+
+def importance(trials: list, method: str, n_boot: int = 100, seed: int = 0) -> pd.DataFrame:
+    """Hyperparameter importance of finished trials by ``method`` ("fanova": Hutter et
+    al.'s functional ANOVA on a random forest; "ped-anova": Watanabe et al.'s
+    Pearson-divergence ANOVA of the top 10 %), each normalised to sum to one, with a
+    bootstrap over trials: the point estimate on all trials and the 5th-95th
+    percentile interval over ``n_boot`` resamples (chapter 6)."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rng = np.random.default_rng(seed)
+
+    def one(sample, s):
+        st = optuna.create_study(direction="maximize")
+        st.add_trials(sample)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(
+                st, evaluator=_evaluator(method, s), normalize=True)
+        return imp
+
+    def safe(sample, s):  # a resample with a single distinct value has no variance
+        try:
+            return one(sample, s)
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            return None
+
+    point = safe(trials, seed)
+    if point is None:
+        raise ValueError(f"{method}: the {len(trials)} trials do not vary enough to "
+                         "estimate importances; run more trials")
+    boots = [safe([trials[i] for i in rng.integers(len(trials), size=len(trials))], seed + b)
+             for b in range(n_boot)]
+    boots = [b for b in boots if b is not None]
+    rows = []
+    for p, v in point.items():
+        vals = np.array([b.get(p, 0.0) for b in boots]) if boots else np.array([v])
+        rows.append(dict(param=p, method=method, importance=v,
+                         lo=np.percentile(vals, 5), hi=np.percentile(vals, 95),
+                         n_boot=len(boots)))
+    return pd.DataFrame(rows).sort_values("importance", ascending=False)
+
+
+def feature_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    """Trial parameters as numbers for a surrogate: learning rate, batch size and weight
+    decay as log10, booleans and the optimiser as 0/1 (chapter 6)."""
+    out = pd.DataFrame(index=df.index)
+    for p in params:
+        v = df[p]
+        name = p.removeprefix("model.")
+        if p in ("lr", "batch_size", "weight_decay"):
+            out[f"log10_{name}"] = np.log10(v.astype(float))
+        elif p == "optimizer":
+            out["adam"] = (v == "adam").astype(float)
+        else:
+            out[name] = v.astype(float)
+    return out
+
+
+def surrogate(X: pd.DataFrame, y: np.ndarray, seed: int = 0):
+    """A random forest fitted to trial results: the model partial dependence reads."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    return RandomForestRegressor(n_estimators=300, min_samples_leaf=2, random_state=seed,
+                                 n_jobs=1).fit(X, y)
+
+
+def partial_dependence_2d(model, X: pd.DataFrame, a: str, b: str, n: int = 12) -> dict:
+    """2-D partial dependence of ``model`` on features ``a`` and ``b`` over the data ``X``,
+    with Friedman's H-statistic of their interaction: the share of the joint effect's
+    variance not explained by the two one-dimensional effects (0: additive)."""
+    from sklearn.inspection import partial_dependence
+
+    def grid(col):
+        vals = np.unique(X[col])
+        return vals if len(vals) <= n else np.linspace(vals.min(), vals.max(), n)
+
+    ga, gb = grid(a), grid(b)
+    pd2 = partial_dependence(model, X, [a, b], custom_values={a: ga, b: gb},
+                             kind="average")["average"][0]
+    pa = partial_dependence(model, X, [a], custom_values={a: ga}, kind="average")["average"][0]
+    pb = partial_dependence(model, X, [b], custom_values={b: gb}, kind="average")["average"][0]
+    joint = pd2 - pd2.mean()
+    add = (pa - pa.mean())[:, None] + (pb - pb.mean())[None, :]
+    h2 = float(((joint - add) ** 2).sum() / max((joint**2).sum(), 1e-12))
+    return dict(a=a, b=b, grid_a=ga, grid_b=gb, pd=pd2, h2=h2)
+
+
+def additive_fit(df: pd.DataFrame, x1: str, x2: str, y: str = "value", n_knots: int = 4) -> float:
+    """R^2 of the best *additive* smooth model y ~ f(x1) + g(x2) (splines, ridge): how
+    much of y two knobs explain without any interaction between them (chapter 6)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import SplineTransformer
+
+    X = df[[x1, x2]].to_numpy(float)
+    ct = ColumnTransformer([(c, SplineTransformer(n_knots=n_knots, degree=2), [i])
+                            for i, c in enumerate((x1, x2))])
+    m = make_pipeline(ct, RidgeCV(alphas=np.logspace(-4, 1, 12))).fit(X, df[y])
+    return float(m.score(X, df[y]))
+
+
+def interaction_check(df: pd.DataFrame, knob: str, other: str, decoupled: str,
+                      y: str = "value") -> dict:
+    """Does an interaction between ``knob`` and ``other`` survive a reparametrisation?
+    Compares the additive fit in the given coordinates (knob, other) with the one in
+    (decoupled, other): if the decoupled additive model explains much more, the
+    interaction was an artefact of how the knobs are defined (chapter 6)."""
+    r_coupled = additive_fit(df, knob, other, y)
+    r_decoupled = additive_fit(df, decoupled, other, y)
+    return dict(coupled=(knob, other), decoupled=(decoupled, other),
+                r2_coupled=r_coupled, r2_decoupled=r_decoupled)
+
+
+
+def trial_kind(df: pd.DataFrame, chance: float = 0.2) -> pd.Series:
+    """"diverged" (non-finite loss), "stuck" (validation accuracy below ``chance`` at the
+    epoch the trial stopped: no better than a few points above guessing) or "learned"."""
+    kind = np.where(df.status == "diverged", "diverged",
+                    np.where(df.value < chance, "stuck", "learned"))
+    return pd.Series(kind, index=df.index, name="kind")
+
+
+def final_weights(weights: pd.DataFrame) -> pd.Series:
+    """Per-run summary of the last epoch's weights: total L2 norm over layers, and the
+    first and last layer's norms."""
+    last = weights[weights.epoch == weights.epoch.max()]
+    return pd.Series(dict(total_norm=float(np.sqrt((last.norm**2).sum())),
+                          first_norm=float(last.norm.iloc[0]),
+                          last_norm=float(last.norm.iloc[-1])))
+
+
+def _blend(sd_a: dict, sd_b: dict, alpha: float) -> dict:
+    return {k: (1 - alpha) * v + alpha * sd_b[k] if v.is_floating_point() else v
+            for k, v in sd_a.items()}
+
+
+ALPHAS = tuple(float(a) for a in np.linspace(0, 1, 21))
+
+
+def interpolate(model, sd_a: dict, sd_b: dict, x_train, x_eval, y_eval,
+                alphas=ALPHAS, batch: int = 500) -> pd.DataFrame:
+    """Loss and accuracy of the weights (1 - alpha) * a + alpha * b on the straight line
+    between two solutions (chapter 6). Batch-norm statistics are re-estimated on
+    ``x_train`` at every point, since averaged weights do not fit averaged statistics.
+
+    ``x_*`` are normalised float tensors (``lib.train.to_input``); ``model`` is a
+    module of the right architecture (its weights are overwritten)."""
+    import torch
+    import torch.nn.functional as F
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    rows = []
+    for a in alphas:
+        model.load_state_dict(_blend(sd_a, sd_b, float(a)))
+        with torch.no_grad():
+            if bns:
+                for m in bns:
+                    m.reset_running_stats()
+                    m.momentum = None  # cumulative average over the batches below
+                model.train()
+                for i in range(0, len(x_train), batch):
+                    model(x_train[i:i + batch])
+            model.eval()
+            out = torch.cat([model(x_eval[i:i + batch]) for i in range(0, len(x_eval), batch)])
+            y = torch.as_tensor(y_eval).long()
+            rows.append(dict(alpha=float(a), loss=F.cross_entropy(out, y).item(),
+                             acc=(out.argmax(1) == y).float().mean().item()))
+    return pd.DataFrame(rows)

@@ -230,6 +230,39 @@ def cmd_train(a) -> None:
           f"{s['epochs_run']} epochs, {s['images_per_s']:.0f} images/s on {s['device']}")
 
 
+def cmd_sweep(a) -> None:
+    import yaml
+
+    from . import search
+
+    specs = search.studies(a.budget)
+    if a.space:
+        try:
+            space = yaml.safe_load(Path(a.space).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise UserError(f"--space {a.space}: cannot read it ({e})") from None
+        if not isinstance(space, dict):
+            raise UserError(f"--space {a.space}: expected a mapping name -> choices/range")
+        spec = search.StudySpec(a.study, space, search.base_config(a.budget),
+                                a.sampler or "tpe", a.pruner or "hyperband",
+                                a.n_trials or 20)
+    elif a.study in specs:
+        spec = specs[a.study]
+    else:
+        raise UserError(f"unknown study {a.study!r}; the book's studies: {sorted(specs)} "
+                        "(or give --space FILE for your own)")
+    changes = {k: v for k, v in dict(n_trials=a.n_trials, sampler=a.sampler,
+                                     pruner=a.pruner).items() if v is not None}
+    if changes and not a.space:
+        spec = search.StudySpec(**{**{f: getattr(spec, f) for f in
+                                      spec.__dataclass_fields__}, **changes})
+    out = search.run_study(spec, a.storage, a.n_workers, a.data_dir, a.runs_dir, a.device,
+                           synthetic=a.synthetic, progress=None)
+    print(f"study {out['study']}: {out['trained']} trials trained ({out['complete']} "
+          f"complete, {out['pruned']} pruned), {out['epochs']} epochs in all; best "
+          f"validation accuracy {out['best_value']}")
+
+
 def cmd_bench(a) -> None:
     from . import bench, book
     from .data import load_cifar10, synthetic
@@ -283,6 +316,22 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--group", default="cli", help="runs/<group>/ to write into")
     q.add_argument("--synthetic", action="store_true", help="tiny synthetic data (a dry run)")
     q.set_defaults(func=cmd_train)
+    q = sub.add_parser("sweep", help="run or resume a hyperparameter study (chapter 5)")
+    common(q)
+    q.add_argument("--study", default="main",
+                   help="main, grid-lr-bs, pair-pruned, pair-full, or a new name with --space")
+    q.add_argument("--space", default=None,
+                   help="YAML file: name -> list of choices or {low, high, log}")
+    q.add_argument("--n-trials", type=int, default=None, help="trained trials in total")
+    q.add_argument("--sampler", default=None, help="tpe, random or grid")
+    q.add_argument("--pruner", default=None, help="hyperband, sha or none")
+    q.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default sqlite:///runs/search/<study>.db); "
+                        "e.g. postgresql://user@host/db for many machines")
+    q.add_argument("--n-workers", type=int, default=1,
+                   help="worker processes sharing the study (one per GPU, or CPU cores)")
+    q.add_argument("--synthetic", action="store_true", help="tiny synthetic data (a dry run)")
+    q.set_defaults(func=cmd_sweep)
     q = sub.add_parser("bench", help="training throughput: ours vs the textbook pipeline")
     common(q, budget=False)
     q.add_argument("--batch-size", type=int, default=128)
@@ -301,12 +350,13 @@ def main(argv=None) -> int:
     from .data import DataError
     from .models import ConfigError
     from .runs import CacheError
+    from .search import SearchError
 
     a = parser().parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         a.func(a)
-    except (UserError, DataError, ConfigError, CacheError) as e:
+    except (UserError, DataError, ConfigError, CacheError, SearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

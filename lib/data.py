@@ -318,6 +318,17 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool = 
 # --------------------------------------------------------------------------
 # slices and synthetic data (tests, budget="smoke")
 # --------------------------------------------------------------------------
+def _stratified(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``n`` items of ``y`` in the classes' proportions."""
+    per = np.bincount(y, minlength=N_CLASSES)
+    want = np.floor(per / per.sum() * n).astype(int)
+    want[: n - want.sum()] += 1
+    idx = np.concatenate(
+        [rng.permutation(np.flatnonzero(y == c))[: want[c]] for c in range(N_CLASSES)]
+    )
+    return np.sort(idx)
+
+
 def subset(ds: Dataset, n_train: int | None = None, n_test: int | None = None,
            seed: int = 0) -> Dataset:
     """A class-stratified random slice (same seed, same slice)."""
@@ -326,13 +337,7 @@ def subset(ds: Dataset, n_train: int | None = None, n_test: int | None = None,
     def pick(y, n):
         if n is None or n >= len(y):
             return np.arange(len(y))
-        per = np.bincount(y, minlength=N_CLASSES)
-        want = np.floor(per / per.sum() * n).astype(int)
-        want[: n - want.sum()] += 1
-        idx = np.concatenate(
-            [rng.permutation(np.flatnonzero(y == c))[: want[c]] for c in range(N_CLASSES)]
-        )
-        return np.sort(idx)
+        return _stratified(y, n, rng)
 
     i, j = pick(ds.y_train, n_train), pick(ds.y_test, n_test)
     return Dataset(
@@ -340,6 +345,22 @@ def subset(ds: Dataset, n_train: int | None = None, n_test: int | None = None,
         source=f"{ds.source} [slice {len(i)}/{len(j)}, seed {seed}]",
         path=ds.path,
     )
+
+
+def holdout_split(ds: Dataset, n_val: int, seed: int = 0) -> Dataset:
+    """Train on all but ``n_val`` training images; the held-out ones take the test slot.
+
+    Class-stratified, with a fixed ``seed`` so that every trial of a search is
+    scored on the same validation images (chapter 5); the test set is not used.
+    """
+    if not 0 < n_val < len(ds.y_train):
+        raise ValueError(f"holdout={n_val} must be between 1 and {len(ds.y_train) - 1}")
+    val_idx = _stratified(ds.y_train, n_val, np.random.default_rng(seed))
+    mask = np.ones(len(ds.y_train), bool)
+    mask[val_idx] = False
+    return Dataset(ds.x_train[mask], ds.y_train[mask], ds.x_train[val_idx],
+                   ds.y_train[val_idx], source=f"{ds.source} [validation split {n_val}]",
+                   fingerprint=ds.fingerprint, path=ds.path)
 
 
 def synthetic(n_train: int = 512, n_test: int = 256, seed: int = 0) -> Dataset:

@@ -28,7 +28,10 @@ class ModelConfig:
     Defined in chapter 1. A CNN is ``depth`` blocks; block ``i`` has
     ``convs_per_block`` convolutions with ``width * growth**i`` filters of size
     ``kernel_size`` (same padding), optional batch norm, the activation, then
-    2x2 pooling; a global average pool and one linear layer classify.
+    2x2 pooling; a global average pool and one linear layer classify. With
+    ``early_pool`` the pooling comes right after a block's first convolution
+    (airbench's layout): the block's other convolutions run at half the
+    resolution, for a quarter of their compute (chapter 5 searches over it).
     An MLP flattens the image and applies ``hidden`` fully connected layers.
     """
 
@@ -42,6 +45,7 @@ class ModelConfig:
     dropout: float = 0.0         # dropout before the classifier (and between MLP layers)
     pool: str = "max"            # "max" or "avg" 2x2 pooling
     activation: str = "relu"     # "relu" or "gelu"
+    early_pool: bool = False     # pool after a block's first conv instead of after its last
     hidden: tuple = (512, 256)   # MLP hidden layer sizes
     n_classes: int = 10
 
@@ -103,14 +107,17 @@ class CNN(nn.Module):
         layers: list[nn.Module] = []
         c_in = 3
         for w in c.widths():
-            for _ in range(c.convs_per_block):
+            for i in range(c.convs_per_block):
                 layers.append(nn.Conv2d(c_in, w, c.kernel_size, padding=c.kernel_size // 2,
                                         bias=not c.batch_norm))
+                if c.early_pool and i == 0:
+                    layers.append(pool(2))
                 if c.batch_norm:
                     layers.append(nn.BatchNorm2d(w))
                 layers.append(act())
                 c_in = w
-            layers.append(pool(2))
+            if not c.early_pool:
+                layers.append(pool(2))
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(c.dropout),
@@ -149,6 +156,24 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def macs(c: ModelConfig) -> int:
+    """Multiply-accumulates of one forward pass on a 32x32 image (convolutions and
+    linear layers; chapter 5 caps the search's compute with it)."""
+    if c.kind == "mlp":
+        sizes = [32 * 32 * 3, *map(int, c.hidden), c.n_classes]
+        return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    total, n, c_in = 0, 32, 3
+    for w in c.widths():
+        for i in range(c.convs_per_block):
+            total += n * n * c_in * w * c.kernel_size**2
+            if c.early_pool and i == 0:
+                n //= 2
+            c_in = w
+        if not c.early_pool:
+            n //= 2
+    return total + c_in * c.n_classes
+
+
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """(name, module) of every Conv2d, in order (chapter 1 uses the first)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -160,16 +185,24 @@ def receptive_fields(c: ModelConfig) -> list[dict]:
     r_out = r_in + (k - 1) * j_in and j_out = j_in * stride (chapter 1).
     """
     rows, r, j, n = [], 1, 1, 32
-    for b, w in enumerate(c.widths()):
-        for i in range(c.convs_per_block):
-            r += (c.kernel_size - 1) * j
-            rows.append(dict(layer=f"block{b + 1}.conv{i + 1}", kernel=c.kernel_size,
-                             stride=1, channels=w, size=n, receptive_field=r, jump=j))
+
+    def pool(b, w):
+        nonlocal r, j, n
         r += (2 - 1) * j
         j *= 2
         n //= 2
         rows.append(dict(layer=f"block{b + 1}.pool", kernel=2, stride=2, channels=w,
                          size=n, receptive_field=r, jump=j))
+
+    for b, w in enumerate(c.widths()):
+        for i in range(c.convs_per_block):
+            r += (c.kernel_size - 1) * j
+            rows.append(dict(layer=f"block{b + 1}.conv{i + 1}", kernel=c.kernel_size,
+                             stride=1, channels=w, size=n, receptive_field=r, jump=j))
+            if c.early_pool and i == 0:
+                pool(b, w)
+        if not c.early_pool:
+            pool(b, w)
     return rows
 
 
@@ -191,7 +224,7 @@ def measured_receptive_fields(c: ModelConfig, size: int = 128) -> list[int]:
                 m.weight.abs_()
     out = []
     for i, m in enumerate(model.features):
-        if not isinstance(m, (nn.AvgPool2d, ACTIVATIONS[c.activation])):
+        if not isinstance(m, (nn.AvgPool2d, nn.Conv2d)):
             continue
         x = torch.ones(1, 3, size, size, requires_grad=True)
         y = model.features[: i + 1](x)

@@ -280,3 +280,272 @@ def per_class_bars(acc: pd.DataFrame):
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------
+# chapter 5: the search
+# --------------------------------------------------------------------------
+def _trained(df: pd.DataFrame) -> pd.DataFrame:
+    d = df[df.state.isin(["COMPLETE", "PRUNED"]) & (df.epochs_run > 0)]
+    if "duplicate_of" in d:
+        d = d[d.duplicate_of.isna()]
+    return d.sort_values("number").assign(epochs_spent=lambda x: x.epochs_run.cumsum())
+
+
+def search_history(df: pd.DataFrame, title: str = ""):
+    """Validation accuracy of every trained trial (at the epoch it stopped) and the best
+    full-budget trial so far, against trial number and against epochs spent."""
+    d = _trained(df)
+    full = d.state == "COMPLETE"
+    best = d.value.where(full).cummax()
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.4), sharey=True)
+    for ax, x, label in ((axes[0], "number", "trial"), (axes[1], "epochs_spent",
+                                                         "epochs spent (cumulative)")):
+        ax.scatter(d[x][full], d.value[full], s=22, label="ran all epochs", color="tab:blue")
+        ax.scatter(d[x][~full], d.value[~full], s=22, marker="x", color="tab:orange",
+                   label="pruned (value when stopped)")
+        ax.plot(d[x], best, color="black", lw=1.5, drawstyle="steps-post", label="best so far")
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("validation accuracy")
+    axes[0].legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pruning_compare(frames: dict):
+    """Best full-budget validation accuracy so far against epochs spent, one line per
+    study (chapter 5's paired study: the same configs with and without pruning)."""
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2))
+    for name, df in frames.items():
+        d = _trained(df)
+        best = d.value.where(d.state == "COMPLETE").cummax()
+        ax.plot(d.epochs_spent, best, drawstyle="steps-post", lw=2, label=name, marker="o",
+                ms=3)
+    ax.set_xlabel("epochs spent (cumulative)")
+    ax.set_ylabel("best validation accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def retrain_results(df: pd.DataFrame):
+    """Test accuracy of each re-trained config (one dot per seed, the bar its mean) next
+    to the validation accuracy its trial reached at the search's fidelity."""
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2))
+    g = df.groupby("rank")
+    labels = [f"#{r}\n(trial {t})" for r, t in g.trial.first().items()]
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, g.test_acc.mean(), width=0.4, color="tab:blue", alpha=0.6,
+           label="test, full budget (mean)")
+    for i, (_, grp) in enumerate(g):
+        ax.scatter(np.full(len(grp), i - 0.2), grp.test_acc, color="tab:blue", s=14, zorder=3)
+    ax.bar(x + 0.2, g.val_acc.first(), width=0.4, color="tab:gray", alpha=0.6,
+           label="validation, search fidelity")
+    lo = min(df.test_acc.min(), df.val_acc.min())
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# chapter 6: what the search tells us
+# --------------------------------------------------------------------------
+LOG_PARAMS = ("lr", "batch_size", "weight_decay")
+
+
+def importance_bars(imp: pd.DataFrame):
+    """Importance per hyperparameter, one panel per method, with bootstrap intervals."""
+    methods = list(dict.fromkeys(imp.method))
+    order = imp.groupby("param").importance.mean().sort_values(ascending=False).index
+    fig, axes = plt.subplots(1, len(methods), figsize=(WIDTH, 0.32 * len(order) + 1.2),
+                             sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        d = imp[imp.method == m].set_index("param").reindex(order)
+        y = np.arange(len(order))
+        ax.barh(y, d.importance, color="tab:blue", alpha=0.7)
+        # a percentile interval need not contain the point estimate: draw it as a segment
+        ax.hlines(y, d.lo, d.hi, color="black", lw=1.2, label="5-95 % bootstrap")
+        ax.plot(d.lo, y, "|", color="black", ms=6)
+        ax.plot(d.hi, y, "|", color="black", ms=6)
+        ax.set_title(m)
+        ax.set_xlabel("importance (share)")
+        ax.set_xlim(0, max(1e-3, float(d.hi.max())) * 1.05)
+    axes[0][0].set_yticks(np.arange(len(order)), [p.removeprefix("model.") for p in order])
+    axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def slices(df: pd.DataFrame, params: list[str], ncols: int = 4):
+    """Validation accuracy against each hyperparameter (Optuna's slice plot), trials
+    that ran all epochs in blue, pruned ones (at the epoch they stopped) in grey."""
+    nrows = int(np.ceil(len(params) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, 2.0 * nrows), sharey=True,
+                             squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, p in zip(axes.flat, params):
+        for state, color in (("PRUNED", "tab:gray"), ("COMPLETE", "tab:blue")):
+            d = df[df.state == state]
+            x = d[p]
+            if x.dtype == object or x.dtype == bool:
+                cats = sorted(df[p].astype(str).unique())
+                x = x.astype(str).map({c: i for i, c in enumerate(cats)}) + \
+                    rng.uniform(-0.15, 0.15, len(x))
+                ax.set_xticks(range(len(cats)), cats)
+            ax.scatter(x, d.value, s=10, color=color, alpha=0.7)
+        if p.removeprefix("model.") in LOG_PARAMS:
+            ax.set_xscale("log")
+        ax.set_xlabel(p.removeprefix("model."), fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(params):]:
+        ax.set_axis_off()
+    for row in axes:
+        row[0].set_ylabel("val. accuracy", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _tick_labels(vals, name):
+    if name.startswith("log10_"):
+        return [f"{10**v:.2g}" for v in vals]
+    return [f"{v:g}" for v in vals]
+
+
+def pd_heatmaps(pds: list[dict]):
+    """2-D partial dependence maps of a surrogate, one per pair, titled with H^2."""
+    fig, axes = plt.subplots(1, len(pds), figsize=(WIDTH, 3.3), squeeze=False)
+    for ax, p in zip(axes[0], pds):
+        im = ax.imshow(p["pd"].T, origin="lower", aspect="auto", cmap="viridis")
+        ia = np.linspace(0, len(p["grid_a"]) - 1, min(5, len(p["grid_a"]))).round().astype(int)
+        ib = np.linspace(0, len(p["grid_b"]) - 1, min(5, len(p["grid_b"]))).round().astype(int)
+        ax.set_xticks(ia, _tick_labels(p["grid_a"][ia], p["a"]), fontsize=8)
+        ax.set_yticks(ib, _tick_labels(p["grid_b"][ib], p["b"]), fontsize=8)
+        ax.set_xlabel(p["a"].removeprefix("log10_"))
+        ax.set_ylabel(p["b"].removeprefix("log10_"))
+        ax.set_title(f"H² = {p['h2']:.2f}", fontsize=10)
+        ax.grid(False)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="predicted val. acc.")
+    fig.tight_layout()
+    return fig
+
+
+def grid_heatmaps(df: pd.DataFrame, y: str = "value"):
+    """The grid study: accuracy over learning rate x batch size (left) and the same
+    cells against the per-example step lr / batch size (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.4))
+    m = df.pivot_table(index="batch_size", columns="lr", values=y)
+    sns.heatmap(m, annot=True, fmt=".2f", cmap="viridis", ax=axes[0], cbar=False,
+                annot_kws={"fontsize": 8})
+    axes[0].set_xticklabels([f"{float(t.get_text()):g}" for t in axes[0].get_xticklabels()])
+    axes[0].invert_yaxis()
+    axes[0].set_title("as searched: lr x batch size")
+    for bs, d in df.sort_values("lr").groupby("batch_size"):
+        axes[1].plot(d.lr / d.batch_size, d[y], marker="o", label=f"batch {bs}")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("lr / batch size")
+    axes[1].set_ylabel("val. accuracy")
+    axes[1].set_title("decoupled: step per example")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def kind_curves(curves: dict, y: str = "val_acc"):
+    """Validation-accuracy curves of trials grouped by kind (learned, stuck, diverged)."""
+    colors = {"learned": "tab:blue", "stuck": "tab:red", "diverged": "black"}
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2))
+    for kind, frames in curves.items():
+        for i, m in enumerate(frames):
+            ax.plot(m.epoch, m[y], color=colors.get(kind, "gray"), alpha=0.5, lw=1,
+                    label=kind if i == 0 else None)
+    ax.axhline(0.1, ls=":", color="gray", lw=1)
+    ax.text(1, 0.11, "chance", fontsize=8, color="gray")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def dead_units(act: pd.DataFrame):
+    """Fraction of dead units (never positive on the probe images) per activation
+    layer at the end of training, by kind of trial."""
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.0))
+    sns.boxplot(act, x="depth_index", y="dead_frac", hue="kind", ax=ax, fliersize=2)
+    ax.set_xlabel("activation layer (input side first)")
+    ax.set_ylabel("dead fraction")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def norms_over_training(weights: dict):
+    """Per-layer weight norm against epoch, one panel per run (e.g. a good and a
+    stuck trial)."""
+    fig, axes = plt.subplots(1, len(weights), figsize=(WIDTH, 3.0), squeeze=False,
+                             sharey=True)
+    for ax, (title, w) in zip(axes[0], weights.items()):
+        for i, (layer, d) in enumerate(w.groupby("layer", sort=False)):
+            ax.plot(d.epoch, d.norm, color=plt.cm.viridis(i / max(1, w.layer.nunique() - 1)),
+                    label=layer if i in (0, w.layer.nunique() - 1) else None)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("weight norm (L2)")
+    fig.tight_layout()
+    return fig
+
+
+def weight_quantiles(w: pd.DataFrame, layers: list[str], title: str = ""):
+    """Distribution of each layer's weights over training: median and the 1-99 and
+    25-75 percentile bands, from the per-epoch quantiles in weights.csv."""
+    fig, axes = plt.subplots(1, len(layers), figsize=(WIDTH, 2.6), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        d = w[w.layer == layer]
+        ax.fill_between(d.epoch, d.q01, d.q99, alpha=0.2, color="tab:blue", label="1-99 %")
+        ax.fill_between(d.epoch, d.q25, d.q75, alpha=0.4, color="tab:blue", label="25-75 %")
+        ax.plot(d.epoch, d.q50, color="tab:blue", lw=1)
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("weight value")
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def norm_scatter(df: pd.DataFrame):
+    """Final total weight norm against validation accuracy and against the
+    generalisation gap (train minus validation accuracy), coloured by weight decay."""
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.3), sharex=True)
+    c = np.log10(df.weight_decay)
+    for ax, y, label in ((axes[0], "value", "validation accuracy"),
+                         (axes[1], "gap", "train - validation accuracy")):
+        sc = ax.scatter(df.total_norm, df[y], c=c, cmap="coolwarm", s=18)
+        ax.set_xscale("log")
+        ax.set_xlabel("total weight norm (final)")
+        ax.set_ylabel(label)
+    fig.colorbar(sc, ax=axes, shrink=0.8, label="log10 weight decay")
+    return fig
+
+
+def interpolation(lines: dict):
+    """Loss and accuracy along straight lines in weight space (alpha 0 -> 1)."""
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.0))
+    for name, d in lines.items():
+        axes[0].plot(d.alpha, d.loss, marker="o", ms=3, label=name)
+        axes[1].plot(d.alpha, d.acc, marker="o", ms=3, label=name)
+    axes[0].set_ylabel("validation loss")
+    axes[1].set_ylabel("validation accuracy")
+    for ax in axes:
+        ax.set_xlabel("alpha")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -32,6 +32,9 @@ from .train import Config, config_dict, config_from_dict, fit
 
 # Bump when training semantics change: every key changes and old runs are ignored.
 CACHE_VERSION = 1
+#: Config fields added after runs were cached: left out of the key while they hold
+#: these defaults, so that adding a field does not orphan every cached run.
+KEY_NEUTRAL_DEFAULTS = {"holdout": 0, "model.early_pool": False}
 RUNS_ENV = "LIB_RUNS_DIR"
 TMP = ".tmp"
 
@@ -59,7 +62,15 @@ def runs_root(runs_dir: str | os.PathLike | None = None) -> Path:
 
 def run_key(c: Config, data_fingerprint: str) -> str:
     """12 hex digits of sha256(config, data fingerprint, cache version) (chapter 1)."""
-    blob = json.dumps(dict(config=config_dict(c), data=data_fingerprint,
+    d = config_dict(c)
+    for name, default in KEY_NEUTRAL_DEFAULTS.items():
+        *parents, leaf = name.split(".")
+        sub = d
+        for p in parents:
+            sub = sub[p]
+        if sub.get(leaf) == default:
+            del sub[leaf]
+    blob = json.dumps(dict(config=d, data=data_fingerprint,
                            version=CACHE_VERSION), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -81,8 +92,18 @@ class Run:
     def weights(self) -> pd.DataFrame:
         return pd.read_csv(self.path / "weights.csv")
 
+    @property
+    def activations(self) -> pd.DataFrame:
+        """Per-epoch dead/zero fractions of each activation layer (runs since chapter 5)."""
+        f = self.path / "activations.csv"
+        if not f.is_file():
+            raise CacheError(f"{self.path}: no activations.csv (a run older than chapter 5)")
+        return pd.read_csv(f)
+
     def test_logits(self) -> np.ndarray:
-        return np.load(self.path / "test_logits.npy").astype(np.float32)
+        """Logits on the evaluation split (the validation split for holdout runs)."""
+        name = "val_logits.npy" if self.config.holdout else "test_logits.npy"
+        return np.load(self.path / name).astype(np.float32)
 
     def state_dict(self) -> dict:
         import torch
@@ -179,7 +200,7 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
     key = run_key(c, ds.fingerprint)
     final = root / group / key
     clean_stale_tmp(root)
-    tmp = root / TMP / f"{group}-{key}-{os.getpid()}"
+    tmp = root / TMP / f"{group.replace('/', '__')}-{key}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -194,7 +215,9 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         pd.DataFrame(res.history).to_csv(tmp / "metrics.csv", index=False)
         pd.DataFrame(res.weights).to_csv(tmp / "weights.csv", index=False)
-        np.save(tmp / "test_logits.npy", res.test_logits.astype(np.float16))
+        pd.DataFrame(res.activations).to_csv(tmp / "activations.csv", index=False)
+        logits = "val_logits.npy" if c.holdout else "test_logits.npy"
+        np.save(tmp / logits, np.clip(res.test_logits, -65504, 65504).astype(np.float16))
         if c.save_weights:
             state = {k: v.detach().cpu().contiguous() for k, v in res.model.state_dict().items()}
             torch.save(state, tmp / "model.pt")

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import Dataset, channel_stats, subset
-from .models import ConfigError, ModelConfig, build_model, count_params, model_config
+from .data import Dataset, channel_stats, holdout_split, subset
+from .models import ACTIVATIONS, ConfigError, ModelConfig, build_model, count_params, model_config
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -48,7 +48,9 @@ class Config:
     label_smoothing: float = 0.0
     augment: bool = True          # random crop (pad 4) + horizontal flip, on device
     n_train: int | None = None    # stratified slice of the training set (None: all)
-    n_test: int | None = None     # stratified slice of the test set (None: all)
+    n_test: int | None = None     # stratified slice of the evaluation set (None: all)
+    holdout: int = 0              # > 0: hold out this many training images as a validation
+    #                               split and evaluate on it (metrics val_*), not on the test set
     seed: int = 0
     precision: str = "auto"       # "auto" (bf16 where the device supports it), "fp32", "bf16"
     channels_last: bool = True    # NHWC memory layout for convolutions
@@ -81,6 +83,8 @@ def check_config(c: Config) -> None:
         bad("weight_decay", c.weight_decay, ">= 0")
     if not 0 <= c.warmup < 1:
         bad("warmup", c.warmup, "0 <= warmup < 1")
+    if c.holdout < 0:
+        bad("holdout", c.holdout, ">= 0")
     if not 0 <= c.label_smoothing < 1:
         bad("label_smoothing", c.label_smoothing, "0 <= label_smoothing < 1")
 
@@ -236,17 +240,56 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.
 # --------------------------------------------------------------------------
 # weight statistics (chapter 6 reads them)
 # --------------------------------------------------------------------------
+QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
+
+
 @torch.no_grad()
 def weight_stats(model: torch.nn.Module) -> list[dict]:
-    """Per-layer norm, mean, std, min, max of every weight matrix/kernel."""
+    """Per-layer norm, mean, std, min, max and quantiles of every weight matrix/kernel
+    (chapter 6 draws their distributions over training from these)."""
     rows = []
     for name, p in model.named_parameters():
         if p.ndim <= 1:
             continue
-        w = p.detach().float()
+        w = p.detach().float().flatten()
+        q = torch.quantile(w[:1 << 24], torch.tensor(QUANTILES)).tolist()
         rows.append(dict(layer=name, numel=w.numel(), norm=w.norm().item(),
                          mean=w.mean().item(), std=w.std().item(),
-                         min=w.min().item(), max=w.max().item()))
+                         min=w.min().item(), max=w.max().item(),
+                         **{f"q{round(100 * a):02d}": v for a, v in zip(QUANTILES, q)}))
+    return rows
+
+
+@torch.no_grad()
+def activation_stats(model: torch.nn.Module, x: torch.Tensor, amp_dtype=None) -> list[dict]:
+    """Per activation layer, on the probe images ``x``: the fraction of units that are
+    never positive on any of them (``dead_frac``: a dead ReLU unit/channel) and of
+    outputs that are exactly zero (``zero_frac``) (chapter 6)."""
+    acts = tuple(ACTIVATIONS.values())
+    rows, hooks = [], []
+
+    def hook(name):
+        def f(_m, _inp, out):
+            out = out.float()
+            alive = out.amax(dim=(0, 2, 3)) > 0 if out.ndim == 4 else out.amax(0) > 0
+            rows.append(dict(layer=name, units=alive.numel(),
+                             dead_frac=1 - alive.float().mean().item(),
+                             zero_frac=(out == 0).float().mean().item()))
+        return f
+
+    for name, m in model.named_modules():
+        if isinstance(m, acts):
+            hooks.append(m.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
     return rows
 
 
@@ -255,10 +298,12 @@ def weight_stats(model: torch.nn.Module) -> list[dict]:
 # --------------------------------------------------------------------------
 @dataclass
 class Result:
-    """What :func:`fit` returns: per-epoch rows, weight stats, summary, model, test logits."""
+    """What :func:`fit` returns: per-epoch rows, weight and activation stats, summary,
+    model, and the logits on the evaluation split (test, or validation with holdout)."""
 
     history: list = field(default_factory=list)
     weights: list = field(default_factory=list)
+    activations: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     model: torch.nn.Module | None = None
     test_logits: np.ndarray | None = None
@@ -295,10 +340,15 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    fingerprint = ds.fingerprint  # of the whole dataset: it is part of the run's key
+    ev = "val" if c.holdout else "test"  # the split we evaluate on
+    if c.holdout:
+        ds = holdout_split(ds, c.holdout)
     if c.n_train is not None or c.n_test is not None:
         ds = subset(ds, c.n_train, c.n_test, seed=c.seed)
     dd = DeviceData(ds, dev)
     n = len(dd.y_train)
+    probe = dd.normalise(dd.x_test[:256], c.channels_last)
 
     model = build_model(c.model).to(dev)
     if c.channels_last:
@@ -313,6 +363,7 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
 
     res = Result(model=model)
     res.weights += [dict(epoch=0, **r) for r in weight_stats(model)]
+    res.activations += [dict(epoch=0, **r) for r in activation_stats(model, probe, amp_dtype)]
     if progress is None:
         progress = bool(os.environ.get("LIB_PROGRESS", "")) or _stderr_is_tty()
     bar = tqdm(total=total, disable=not progress, unit="step", leave=False,
@@ -352,12 +403,14 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
         t1 = time.perf_counter()
         test_loss, test_acc, logits = evaluate(fwd, dd, c, amp_dtype)
         eval_time += time.perf_counter() - t1
-        row = dict(epoch=epoch, train_loss=loss_sum.item() / max(seen, 1),
-                   train_acc=correct.item() / max(seen, 1), test_loss=test_loss,
-                   test_acc=test_acc, lr=opt.param_groups[0]["lr"],
-                   time=time.perf_counter() - t_start)
+        row = {"epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1),
+               "train_acc": correct.item() / max(seen, 1), f"{ev}_loss": test_loss,
+               f"{ev}_acc": test_acc, "lr": opt.param_groups[0]["lr"],
+               "time": time.perf_counter() - t_start}
         res.history.append(row)
         res.weights += [dict(epoch=epoch, **r) for r in weight_stats(model)]
+        res.activations += [dict(epoch=epoch, **r)
+                            for r in activation_stats(model, probe, amp_dtype)]
         res.test_logits = logits
         bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.3f}", acc=f"{test_acc:.3f}")
         if tracker is not None:
@@ -370,15 +423,17 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
     bar.close()
 
     last = res.history[-1]
-    res.summary = dict(
-        status=status, epochs_run=len(res.history), test_acc=last["test_acc"],
-        test_loss=last["test_loss"], train_acc=last["train_acc"],
-        train_loss=last["train_loss"], best_test_acc=max(r["test_acc"] for r in res.history),
-        n_params=n_params, train_images=n, test_images=len(dd.y_test),
+    res.summary = {
+        "status": status, "epochs_run": len(res.history), "eval_split": ev,
+        f"{ev}_acc": last[f"{ev}_acc"], f"{ev}_loss": last[f"{ev}_loss"],
+        "train_acc": last["train_acc"], "train_loss": last["train_loss"],
+        f"best_{ev}_acc": max(r[f"{ev}_acc"] for r in res.history),
+        "n_params": n_params, "train_images": n, f"{ev}_images": len(dd.y_test)}
+    res.summary.update(
         train_time_s=train_time, eval_time_s=eval_time,
         images_per_s=len(res.history) * steps_per_epoch * c.batch_size / max(train_time, 1e-9),
         amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
-        data_source=ds.source, data_fingerprint=ds.fingerprint,
+        data_source=ds.source, data_fingerprint=fingerprint,
         **hardware(dev),
     )
     if tracker is not None:

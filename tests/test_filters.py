@@ -51,9 +51,11 @@ def test_filter_structure():
     assert s_ramp.norm[0] == pytest.approx(np.linalg.norm(ramp[0]))
 
 
-@pytest.mark.parametrize("kernel,convs", [(3, 1), (5, 1), (3, 2)])
-def test_receptive_field_formula_matches_autograd(kernel, convs):
-    cfg = models.model_config(depth=3, width=4, kernel_size=kernel, convs_per_block=convs)
+@pytest.mark.parametrize("kernel,convs,early", [(3, 1, False), (5, 1, False), (3, 2, False),
+                                                (5, 2, True)])
+def test_receptive_field_formula_matches_autograd(kernel, convs, early):
+    cfg = models.model_config(depth=3, width=4, kernel_size=kernel, convs_per_block=convs,
+                              early_pool=early)
     formula = [r["receptive_field"] for r in models.receptive_fields(cfg)]
     assert formula == models.measured_receptive_fields(cfg)
 

@@ -40,3 +40,37 @@ def test_activations_one_per_conv():
     cfg = models.model_config(depth=3, width=4, convs_per_block=2)
     acts = models.activations(models.build_model(cfg), torch.zeros(1, 3, 32, 32))
     assert [a.shape[2] for a in acts] == [32, 32, 16, 16, 8, 8]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(early_pool=True, convs_per_block=2),
+                                dict(kernel_size=5, depth=4, growth=1.5),
+                                dict(kind="mlp", hidden=(64, 32))])
+def test_macs_formula_matches_counted_multiplies(kw):
+    """models.macs against multiplies counted by forward hooks on the real layers."""
+    import torch
+    from torch import nn
+
+    c = models.model_config(**kw)
+    m = models.build_model(c).eval()
+    total = []
+
+    def hook(mod, inp, out):
+        if isinstance(mod, nn.Conv2d):
+            total.append(out[0].numel() * mod.in_channels * mod.kernel_size[0] ** 2)
+        else:
+            total.append(mod.in_features * mod.out_features)
+
+    for mod in m.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            mod.register_forward_hook(hook)
+    m(torch.zeros(1, 3, 32, 32))
+    assert models.macs(c) == sum(total)
+
+
+def test_early_pool_halves_resolution_after_first_conv():
+    import torch
+
+    c = models.model_config(depth=2, width=4, convs_per_block=2, early_pool=True)
+    m = models.build_model(c)
+    sizes = [o.shape[-1] for o in models.activations(m, torch.zeros(1, 3, 32, 32))]
+    assert sizes == [16, 16, 8, 8]

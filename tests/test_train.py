@@ -94,3 +94,28 @@ def test_config_roundtrip():
 def test_unknown_device():
     with pytest.raises(ConfigError):
         train.resolve_device("tpu")
+
+
+def test_holdout_scores_on_a_fixed_validation_split_never_the_test_set(synth):
+    from lib.data import holdout_split
+
+    a, b = holdout_split(synth, 40), holdout_split(synth, 40)
+    assert len(a.y_test) == 40 and len(a.y_train) == len(synth.y_train) - 40
+    assert (a.x_test == b.x_test).all() and np.bincount(a.y_test).min() >= 3
+    assert a.fingerprint == synth.fingerprint  # the run key names the whole dataset
+    c = train.make_config(model=dict(depth=2, width=4), epochs=1, batch_size=64, holdout=40,
+                    precision="fp32")
+    res = train.fit(c, synth, device="cpu")
+    assert "val_acc" in res.history[0] and "test_acc" not in res.history[0]
+    assert res.summary["eval_split"] == "val" and res.summary["val_images"] == 40
+    assert res.test_logits.shape == (40, 10)
+
+
+def test_new_fields_at_their_defaults_keep_old_run_keys():
+    from lib import runs
+
+    base = train.make_config()
+    assert runs.run_key(train.make_config(base, holdout=0), "f") == runs.run_key(base, "f")
+    assert runs.run_key(train.make_config(base, holdout=10), "f") != runs.run_key(base, "f")
+    assert runs.run_key(train.make_config(base, model={"early_pool": True}), "f") != \
+        runs.run_key(base, "f")

@@ -1,0 +1,694 @@
+"""The hyperparameter search (chapters 5 and 6): Optuna studies over :class:`Config`.
+
+The objective (a config -> its validation accuracy after training, a normal
+cached run in ``runs/search/<study>/<key>/``) is kept apart from the searcher
+(Optuna's sampler and pruner). A study's trials live in an Optuna RDB storage,
+SQLite at ``runs/search/<study>.db`` by default; any SQLAlchemy URL (e.g.
+PostgreSQL) lets many workers on many machines share one study.
+
+Resuming: run the same command again. Finished trials stay; a trial whose worker
+died (same host: its process is gone; other hosts: its heartbeat stopped) is
+marked FAIL and its parameters are queued again, so nothing is counted twice.
+A study never runs more than its ``n_trials`` trained trials in total.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import socket
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+from . import runs
+from .data import Dataset
+from .models import ConfigError, ModelConfig, macs
+from .runs import _note_read, get, runs_root
+from .train import Config, config_dict, config_from_dict, make_config
+
+# Optuna imports tqdm.auto, which warns inside Jupyter when ipywidgets is absent;
+# we never show its progress bars.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("hyperband", "sha", "none")
+OBJECTIVE = "val_acc"
+
+
+class SearchError(RuntimeError):
+    """A bad search space, storage or study; the message says what to do."""
+
+
+# --------------------------------------------------------------------------
+# the search space
+# --------------------------------------------------------------------------
+def known_params() -> list[str]:
+    """Every name a search space may use: Config fields and ``model.<field>``."""
+    top = [f.name for f in fields(Config) if f.name != "model"]
+    return sorted(top + [f"model.{f.name}" for f in fields(ModelConfig)])
+
+
+def check_space(space: dict, base: Config) -> None:
+    """Raise SearchError (one line) for an unknown name, an impossible range or a value
+    no config accepts. A list is categorical; a dict is ``{low, high, log?, step?}``."""
+    if not space:
+        raise SearchError("the search space is empty; give at least one parameter")
+    known = known_params()
+    for name, spec in space.items():
+        if name not in known:
+            raise SearchError(f"unknown hyperparameter {name!r} in the search space; "
+                              f"known: {', '.join(known)}")
+        if isinstance(spec, (list, tuple)):
+            if not spec:
+                raise SearchError(f"{name}: no choices given")
+            values = list(spec)
+        elif isinstance(spec, dict):
+            extra = set(spec) - {"low", "high", "log", "step"}
+            if extra or not {"low", "high"} <= set(spec):
+                raise SearchError(f"{name}: a range needs low and high (and optionally "
+                                  f"log, step); got {sorted(spec)}")
+            lo, hi = spec["low"], spec["high"]
+            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float))) \
+                    or not lo < hi:
+                raise SearchError(f"{name}: impossible range low={lo!r} high={hi!r} "
+                                  "(need numbers with low < high)")
+            if spec.get("log") and lo <= 0:
+                raise SearchError(f"{name}: a log range needs low > 0, got low={lo!r}")
+            values = [lo, hi]
+        else:
+            raise SearchError(f"{name}: give a list of choices or a dict with low/high, "
+                              f"not {spec!r}")
+        for v in values:
+            try:
+                make_config(base, **{name: v})
+            except (ConfigError, TypeError, ValueError) as e:
+                raise SearchError(f"{name}={v!r} is not a valid value: {e}") from None
+
+
+def suggest(trial, name: str, spec):
+    """One value of ``name`` from the trial (Optuna's suggest_* API)."""
+    if isinstance(spec, (list, tuple)):
+        return trial.suggest_categorical(name, list(spec))
+    lo, hi = spec["low"], spec["high"]
+    if isinstance(lo, int) and isinstance(hi, int):
+        return trial.suggest_int(name, lo, hi, log=bool(spec.get("log")),
+                                 step=spec.get("step") or 1)
+    return trial.suggest_float(name, float(lo), float(hi), log=bool(spec.get("log")),
+                               step=spec.get("step"))
+
+
+# --------------------------------------------------------------------------
+# studies
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudySpec:
+    """A study: what to search, how, and on which budget (chapter 5).
+
+    Every trial trains ``base`` with the sampled fields replaced; ``base.epochs``
+    is the maximum fidelity (the pruner stops trials earlier) and ``base.holdout``
+    the validation split that scores them.
+    """
+
+    name: str
+    space: dict
+    base: Config
+    sampler: str = "tpe"          # "tpe", "random" or "grid" (all-categorical spaces)
+    pruner: str = "hyperband"     # "hyperband", "sha" (successive halving) or "none"
+    n_trials: int = 60            # trained trials (complete or pruned) in total
+    min_epochs: int = 1           # the pruner's smallest budget
+    reduction_factor: int = 3     # keep the best 1/eta at each rung
+    seed: int = 0                 # the sampler's seed
+    max_macs: float | None = None  # skip (do not train) models above this compute
+    n_startup_trials: int = 16    # TPE: random trials before the model kicks in
+    about: str = ""
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise SearchError(f"sampler {self.sampler!r}: use one of {SAMPLERS}")
+        if self.pruner not in PRUNERS:
+            raise SearchError(f"pruner {self.pruner!r}: use one of {PRUNERS}")
+        if self.base.holdout <= 0:
+            raise SearchError("a study must score on a validation split: set base holdout > 0")
+        if self.n_trials < 1:
+            raise SearchError(f"n_trials={self.n_trials}: need at least 1")
+        check_space(self.space, self.base)
+        if self.sampler == "grid" and any(isinstance(v, dict) for v in self.space.values()):
+            raise SearchError("a grid study needs a list of values for every parameter")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["base"] = config_dict(self.base)
+        return json.dumps(d, sort_keys=True)
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.space.values())
+
+
+#: The space of the book's main study (chapter 5 explains each choice).
+MAIN_SPACE = {
+    "batch_size": [64, 128, 256, 512],
+    "lr": {"low": 1e-4, "high": 1.0, "log": True},
+    "optimizer": ["sgd", "adam"],
+    "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+    "model.depth": [2, 3, 4],
+    "model.width": [16, 32, 48, 64],
+    "model.growth": [1.0, 1.5, 2.0],
+    "model.kernel_size": [3, 5, 7],
+    "model.convs_per_block": [1, 2],
+    "model.batch_norm": [True, False],
+    "model.early_pool": [False, True],
+}
+
+#: Fidelity of a trial per budget: training images, max epochs, validation split.
+TRIAL_BUDGETS = {
+    "smoke": dict(n_train=None, epochs=3, holdout=64, batch_size=32),
+    "cpu": dict(n_train=10_000, epochs=9, holdout=5_000),
+    "gpu": dict(n_train=None, epochs=27, holdout=5_000),
+}
+
+
+def base_config(budget: str) -> Config:
+    """The fixed part of every trial at ``budget`` (chapter 5)."""
+    if budget not in TRIAL_BUDGETS:
+        raise SearchError(f"budget {budget!r}: use one of {sorted(TRIAL_BUDGETS)}")
+    return make_config(schedule="onecycle", save_weights=False, **TRIAL_BUDGETS[budget])
+
+
+def studies(budget: str = "cpu") -> dict[str, StudySpec]:
+    """The book's studies at ``budget`` (chapter 5 and 6 read them)."""
+    base = base_config(budget)
+    small = {"smoke": 1, "cpu": 1, "gpu": 1}[budget]
+    n = {"smoke": 10, "cpu": 60, "gpu": 200}[budget]
+    cap = {"smoke": 20e6, "cpu": 160e6, "gpu": None}[budget]
+    grid_base = make_config(base, epochs={"smoke": 2, "cpu": 4, "gpu": 10}[budget],
+                            model=dict(depth=3, width=32, convs_per_block=2)
+                            if budget != "smoke" else dict(depth=2, width=8))
+    pair_base = make_config(base, n_train={"smoke": None, "cpu": 5_000, "gpu": 20_000}[budget])
+    pair_n = {"smoke": 4, "cpu": 16, "gpu": 40}[budget]
+    lr_grid = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0] if budget != "smoke" else [0.01, 0.1, 1.0]
+    bs_grid = [64, 128, 256, 512] if budget != "smoke" else [32, 64]
+    specs = [
+        StudySpec("main", MAIN_SPACE, base, "tpe", "hyperband", n, small, max_macs=cap,
+                  about="TPE over 11 hyperparameters with Hyperband on epochs"),
+        StudySpec("grid-lr-bs", {"lr": lr_grid, "batch_size": bs_grid},
+                  grid_base, "grid", "none", len(lr_grid) * len(bs_grid),
+                  about="every learning rate x batch size pair, the chapter-3 CNN"),
+        StudySpec("pair-pruned", MAIN_SPACE, pair_base, "random", "hyperband", pair_n, small,
+                  seed=1, max_macs=cap, about="random configs, Hyperband"),
+        StudySpec("pair-full", MAIN_SPACE, pair_base, "random", "none", pair_n, small,
+                  seed=1, max_macs=cap, about="the same random configs, no pruning"),
+    ]
+    return {s.name: s for s in specs}
+
+
+# --------------------------------------------------------------------------
+# storage
+# --------------------------------------------------------------------------
+def default_storage(study: str, runs_dir=None) -> str:
+    return f"sqlite:///{(runs_root(runs_dir) / 'search' / f'{study}.db').resolve()}"
+
+
+def open_storage(url: str, heartbeat: bool = True):
+    """An Optuna RDB storage for ``url``; SearchError (one line) if it cannot be opened."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    kw = {}
+    if heartbeat:
+        kw = dict(heartbeat_interval=30, grace_period=120)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat:
+                kw["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(3)
+            return RDBStorage(url, **kw)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SearchError(f"cannot open the study storage {url!r}: {first}") from None
+
+
+def make_sampler(spec: StudySpec, offset: int = 0):
+    """The study's sampler. ``offset`` (trials so far, worker index) shifts the seed: a
+    seeded sampler restarted on a resumed study would otherwise propose its first
+    configs all over again."""
+    import optuna
+
+    seed = spec.seed + 7919 * offset
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler({k: list(v) for k, v in spec.space.items()},
+                                           seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                          constant_liar=True,
+                                          n_startup_trials=spec.n_startup_trials)
+
+
+def make_pruner(spec: StudySpec):
+    import optuna
+
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=spec.min_epochs,
+                                              max_resource=spec.base.epochs,
+                                              reduction_factor=spec.reduction_factor)
+    if spec.pruner == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_epochs,
+                                                      reduction_factor=spec.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def _comparable(spec_json: str) -> dict:
+    d = json.loads(spec_json)
+    d.pop("n_trials")  # growing a study is resuming it
+    d.pop("about")
+    return d
+
+
+def sample_params(space: dict, rng) -> dict:
+    """One random point of ``space`` (numpy ``rng``): the queued configs of a random study."""
+    out = {}
+    for name, s in space.items():
+        if isinstance(s, (list, tuple)):
+            out[name] = s[int(rng.integers(len(s)))]
+            continue
+        lo, hi = s["low"], s["high"]
+        if s.get("log"):
+            v = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        else:
+            v = rng.uniform(lo, hi)
+        out[name] = int(round(v)) if isinstance(lo, int) and isinstance(hi, int) else v
+    return out
+
+
+def create_study(spec: StudySpec, storage, worker: int = 0):
+    """Create or load the study; refuse one made with a different spec.
+
+    A new random study queues its configs up front from ``spec.seed``, so that two
+    random studies with one seed (e.g. with and without pruning) train the same
+    configs in the same order, interrupted or not.
+    """
+    import numpy as np
+    import optuna
+
+    try:
+        n_before = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
+    except KeyError:
+        n_before = 0
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
+                                sampler=make_sampler(spec, n_before + worker),
+                                pruner=make_pruner(spec), load_if_exists=True)
+    stored = study.user_attrs.get("spec")
+    if stored is None:
+        study.set_user_attr("spec", spec.to_json())
+        if spec.sampler == "random":
+            rng = np.random.default_rng(spec.seed)
+            for _ in range(3 * spec.n_trials):
+                study.enqueue_trial(sample_params(spec.space, rng))
+    elif _comparable(stored) != _comparable(spec.to_json()):
+        raise SearchError(
+            f"study {spec.name!r} in this storage was created with a different space, "
+            "budget or settings; pick another --study name or delete its .db file "
+            "and runs/search/<study>/ to start over")
+    return study
+
+
+# --------------------------------------------------------------------------
+# the objective and the workers
+# --------------------------------------------------------------------------
+def _trained(t) -> bool:
+    """A trial that trained at least one epoch (not skipped for compute, not failed, not
+    a config the sampler had already proposed)."""
+    from optuna.trial import TrialState
+
+    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) and \
+        t.user_attrs.get("epochs_run", 0) > 0 and "duplicate_of" not in t.user_attrs
+
+
+def n_trained(study) -> int:
+    return sum(_trained(t) for t in study.get_trials(deepcopy=False))
+
+
+def trial_config(spec: StudySpec, params: dict) -> Config:
+    return make_config(spec.base, **params)
+
+
+def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progress=None):
+    """config -> validation accuracy, as a function of an Optuna trial (chapter 5)."""
+    import optuna
+
+    group = f"search/{spec.name}"
+
+    def f(trial):
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        params = {name: suggest(trial, name, s) for name, s in spec.space.items()}
+        c = trial_config(spec, params)
+        cost = macs(c.model)
+        trial.set_user_attr("macs", cost)
+        if spec.max_macs and cost > spec.max_macs:
+            trial.set_user_attr("skipped", f"{cost / 1e6:.0f}M MACs > cap "
+                                           f"{spec.max_macs / 1e6:.0f}M")
+            trial.set_user_attr("epochs_run", 0)
+            raise optuna.TrialPruned()
+        reported = set()
+
+        def report(epoch, row, _model):
+            trial.report(row[OBJECTIVE], epoch)
+            reported.add(epoch)
+            return spec.pruner != "none" and epoch < spec.base.epochs and \
+                trial.should_prune()
+
+        run = get(c, ds, group, runs_dir, device=device, callbacks=[report],
+                  progress=progress)
+        for row in run.metrics.itertuples():  # a cache hit: tell the pruner the history
+            if row.epoch not in reported:
+                trial.report(getattr(row, OBJECTIVE), row.epoch)
+        s = run.summary
+        for k in ("status", "epochs_run", "train_time_s", "n_params", "images_per_s"):
+            trial.set_user_attr(k, s[k])
+        trial.set_user_attr("key", run.key)
+        twin = [t.number for t in trial.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("key") == run.key and t.number != trial.number
+                and _trained(t) and "duplicate_of" not in t.user_attrs]
+        if twin:  # the sampler proposed a config already trained: not a new trial
+            trial.set_user_attr("duplicate_of", twin[0])
+        trial.set_user_attr("final_train_acc", s["train_acc"])
+        if s["status"] == "stopped" and s["epochs_run"] < spec.base.epochs:
+            raise optuna.TrialPruned()
+        return s[OBJECTIVE]
+
+    return f
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(study, spec: StudySpec) -> list[int]:
+    """Mark trials left RUNNING by a dead worker on this host as FAIL and queue their
+    parameters again (other hosts' dead workers are caught by Optuna's heartbeat)."""
+    from optuna.trial import TrialState
+
+    host, failed = socket.gethostname(), []
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or pid is None or _pid_alive(pid):
+            continue
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        failed.append(t.number)
+        if spec.sampler != "grid" and t.params:  # the grid sampler re-runs open cells
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return failed
+
+
+def _worker(spec: StudySpec, storage_url: str, data_dir, runs_dir, device, threads,
+            synthetic: bool, progress, worker: int = 0, ds: Dataset | None = None) -> None:
+    import torch
+
+    from .data import load_cifar10
+    from .data import synthetic as synth
+
+    if threads:
+        torch.set_num_threads(threads)
+    if ds is None:
+        ds = synth(512, 256) if synthetic else load_cifar10(data_dir)
+    study = create_study(spec, open_storage(storage_url), worker)
+
+    def enough(study, _trial):
+        if n_trained(study) >= spec.n_trials:
+            study.stop()
+
+    idle = 0  # trials in a row that trained nothing (duplicates, over the cap)
+    while n_trained(study) < spec.n_trials:
+        if spec.sampler == "grid" and _grid_done(study, spec):
+            break
+        if idle > 200:
+            raise SearchError(f"study {spec.name}: the last {idle} proposals were all "
+                              "duplicates or over the compute cap; widen the space or "
+                              "raise the cap")
+        before = n_trained(study)
+        study.optimize(objective(spec, ds, runs_dir, device, progress), n_trials=1,
+                       callbacks=[enough], gc_after_trial=True)
+        idle = 0 if n_trained(study) > before else idle + 1
+
+
+def _grid_done(study, spec: StudySpec) -> bool:
+    from optuna.trial import TrialState
+
+    done = {tuple(sorted(t.params.items())) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+    return len(done) >= spec.grid_size
+
+
+def run_study(spec: StudySpec, storage: str | None = None, n_workers: int = 1,
+              data_dir=None, runs_dir=None, device="auto", synthetic=False,
+              progress=None, log=print, data: Dataset | None = None) -> dict:
+    """Run (or resume) a study until it has ``spec.n_trials`` trained trials (chapter 5).
+
+    With ``n_workers`` > 1, that many processes share the study through its storage
+    (one per GPU, or the CPU cores split between them); each loads the data itself.
+    With one worker, ``data`` (a Dataset) may be passed in.
+    """
+    url = storage or default_storage(spec.name, runs_dir)
+    st = open_storage(url)
+    study = create_study(spec, st)
+    failed = recover(study, spec)
+    if failed:
+        log(f"study {spec.name}: trial(s) {failed} were interrupted; marked failed and "
+            "queued again")
+    done = n_trained(study)
+    log(f"study {spec.name}: {done}/{spec.n_trials} trials trained; storage {url}")
+    if done >= spec.n_trials:
+        return summarize(study)
+    args = (spec, url, data_dir, runs_dir, device)
+    if n_workers <= 1:
+        _worker(*args, None, synthetic, progress, 0, data)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // n_workers)
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker, args=(*args, threads, synthetic, False, i))
+                 for i in range(n_workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            raise SearchError(f"{len(bad)} worker(s) of study {spec.name} failed "
+                              f"(exit codes {bad}); run the same command to resume")
+    return summarize(optuna_load(spec.name, url))
+
+
+def optuna_load(name: str, url: str):
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+    except KeyError:
+        raise SearchError(f"no study {name!r} in {url}; run `python -m lib sweep "
+                          f"--study {name}` first") from None
+
+
+def summarize(study) -> dict:
+    from optuna.trial import TrialState
+
+    trained = [t for t in study.get_trials(deepcopy=False) if _trained(t)]
+    complete = [t for t in trained if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    return dict(study=study.study_name, trained=len(trained), complete=len(complete),
+                pruned=len(trained) - len(complete),
+                epochs=sum(t.user_attrs.get("epochs_run", 0) for t in trained),
+                best_value=best.value if best else None,
+                best_params=best.params if best else None)
+
+
+# --------------------------------------------------------------------------
+# reading a study back (chapters 5 and 6)
+# --------------------------------------------------------------------------
+def load_study(name: str, runs_dir=None, storage: str | None = None):
+    """The Optuna study ``name`` (read it; never optimise from a chapter)."""
+    url = storage or default_storage(name, runs_dir)
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.is_file():
+            raise SearchError(f"study {name!r} has no storage file {path}; run "
+                              f"`python -m lib sweep --study {name}` first")
+        _note_read(path, runs_root(runs_dir))
+    study = optuna_load(name, url)
+    if not any(_trained(t) for t in study.get_trials(deepcopy=False)):
+        raise SearchError(f"study {name!r} has no trained trials yet; run "
+                          f"`python -m lib sweep --study {name}`")
+    return study
+
+
+def trials_frame(study) -> pd.DataFrame:
+    """One row per trial: number, state, value (validation accuracy), params (as
+    Config field names), user attributes (status, epochs_run, macs, key, ...)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append(dict(number=t.number, state=t.state.name, value=t.value,
+                         duration_s=t.duration.total_seconds() if t.duration else None,
+                         **t.params, **t.user_attrs))
+    return pd.DataFrame(rows)
+
+
+def study_spec(study) -> StudySpec:
+    """The StudySpec a study was created with (stored in the study)."""
+    d = json.loads(study.user_attrs["spec"])
+    d["base"] = config_from_dict(d["base"])
+    return StudySpec(**d)
+
+
+# --------------------------------------------------------------------------
+# using a study: ensure it exists, the best trials, their re-training
+# --------------------------------------------------------------------------
+def ensure(spec: StudySpec, data: Dataset, runs_dir=None, device="auto", train=True):
+    """Load-or-run for chapters: the study, run (or finished) first if it has fewer than
+    ``spec.n_trials`` trained trials and ``train`` allows it (chapter 5)."""
+    url = default_storage(spec.name, runs_dir)
+    path = Path(url[len("sqlite:///"):])
+    if path.is_file():
+        study = optuna_load(spec.name, url)
+        if n_trained(study) >= spec.n_trials or \
+                (spec.sampler == "grid" and _grid_done(study, spec)):
+            return load_study(spec.name, runs_dir)
+    if not train:
+        raise SearchError(f"study {spec.name!r} is not complete in {path.parent}; run "
+                          f"`python -m lib sweep --study {spec.name}`")
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no per-trial lines in a chapter
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_study(spec, url, 1, runs_dir=runs_dir, device=device, data=data,
+                      log=lambda *a: None)
+    finally:
+        optuna.logging.set_verbosity(level)
+    return load_study(spec.name, runs_dir)
+
+
+#: Epochs of a re-training on the whole training set, per budget (chapter 5).
+RETRAIN_EPOCHS = {"smoke": 2, "cpu": 15, "gpu": 30}
+RETRAIN_SEEDS = {"smoke": 2, "cpu": 3, "gpu": 5}
+
+
+def top_trials(study, k: int = 3) -> pd.DataFrame:
+    """The ``k`` best trials that ran the full trial budget, one per distinct config."""
+    df = trials_frame(study)
+    df = df[(df.state == "COMPLETE") & df.get("duplicate_of", pd.Series(index=df.index)).isna()]
+    return df.sort_values("value", ascending=False).drop_duplicates("key").head(k)
+
+
+def retrain_configs(spec: StudySpec, params: dict, budget: str) -> list[Config]:
+    """A trial's config on the whole training set, scored on the test set, with the
+    full epoch budget and several seeds (weights kept for chapter 6)."""
+    c = make_config(trial_config(spec, params), n_train=None, holdout=0,
+                    epochs=RETRAIN_EPOCHS[budget], save_weights=True)
+    return [make_config(c, seed=s) for s in range(RETRAIN_SEEDS[budget])]
+
+
+def retrain(study_name: str, budget: str, data: Dataset, k: int = 3, runs_dir=None,
+            device="auto", train=True, log=print) -> pd.DataFrame:
+    """Re-train the study's top ``k`` configs (load-or-train into ``runs/search-best``);
+    one row per run with the trial it came from (chapter 5)."""
+    from .runs import get as get_run
+
+    study = load_study(study_name, runs_dir)
+    spec = study_spec(study)
+    rows = []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for rank, t in enumerate(top_trials(study, k).itertuples(), 1):
+        params = trials[t.number].params  # Optuna's own values, not pandas' numpy types
+        for c in retrain_configs(spec, params, budget):
+            log(f"rank {rank} (trial {t.number}), seed {c.seed}")
+            run = get_run(c, data, "search-best", runs_dir, device=device, train=train)
+            rows.append(dict(rank=rank, trial=t.number, val_acc=t.value, seed=c.seed,
+                             key=run.key, test_acc=run.summary["test_acc"],
+                             epochs=run.summary["epochs_run"],
+                             train_time_s=run.summary["train_time_s"],
+                             n_params=run.summary["n_params"], run=run))
+    return pd.DataFrame(rows)
+
+
+def trained_frame(study) -> pd.DataFrame:
+    """:func:`trials_frame` restricted to trained trials (no skips, duplicates, failures)."""
+    keep = {t.number for t in study.get_trials(deepcopy=False) if _trained(t)}
+    df = trials_frame(study)
+    return df[df.number.isin(keep)].reset_index(drop=True)
+
+
+def pruning_summary(pruned: pd.DataFrame, full: pd.DataFrame) -> dict:
+    """Chapter 5's paired study: best full-budget validation accuracy and epochs spent
+    with pruning and without, over the same configs."""
+    def best(d):
+        return float(d[d.state == "COMPLETE"].value.max())
+
+    e_p, e_f = int(pruned.epochs_run.sum()), int(full.epochs_run.sum())
+    return dict(best_pruned=best(pruned), best_full=best(full), epochs_pruned=e_p,
+                epochs_full=e_f, epoch_ratio=e_p / e_f, trials=len(full),
+                same_configs=bool(_configs(pruned) == _configs(full)))
+
+
+def _configs(df: pd.DataFrame) -> list:
+    return sorted(df.key.tolist())
+
+
+def space_table(spec: StudySpec) -> pd.DataFrame:
+    """The search space as a table: name, kind, values or range (chapter 5)."""
+    rows = []
+    for name, s in spec.space.items():
+        if isinstance(s, (list, tuple)):
+            rows.append(dict(hyperparameter=name, kind="categorical",
+                             values=", ".join(map(str, s))))
+        else:
+            scale = "log" if s.get("log") else "linear"
+            rows.append(dict(hyperparameter=name, kind=f"continuous ({scale})",
+                             values=f"{s['low']:g} to {s['high']:g}"))
+    return pd.DataFrame(rows).set_index("hyperparameter")
+
+
+def seed_runs(study, picks: dict, seeds=(1, 2), runs_dir=None, data: Dataset | None = None,
+              device="auto", train=True, keep_weights=()) -> pd.DataFrame:
+    """The same trial configs trained again with other seeds, at the study's fidelity
+    and without pruning (chapter 6: the spread over seeds, and weights to interpolate).
+
+    ``picks`` maps a label to a trial number (a trial that ran all epochs); its own run
+    is seed 0. Labels in ``keep_weights`` keep their new runs' weights.
+    """
+    spec = study_spec(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows = []
+    for label, number in picks.items():
+        t = trials[number]
+        c = trial_config(spec, t.params)
+        own = runs.read_run(runs.runs_root(runs_dir) / "search" / spec.name /
+                            t.user_attrs["key"])
+        rows.append(dict(label=label, trial=number, seed=0, run=own))
+        for s in seeds:
+            cs = make_config(c, seed=s, save_weights=label in keep_weights)
+            rows.append(dict(label=label, trial=number, seed=s,
+                             run=get(cs, data, "search-seeds", runs_dir, device=device,
+                                     train=train)))
+    df = pd.DataFrame(rows)
+    df["value"] = [r.summary["val_acc"] for r in df.run]
+    df["status"] = [r.summary["status"] for r in df.run]
+    return df

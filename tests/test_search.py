@@ -1,0 +1,172 @@
+"""The search engine: space checks, storage errors, resume after SIGKILL, pruning, grid."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lib import runs, search
+from lib.data import REPO_ROOT
+from lib.train import make_config
+
+SMOKE = search.base_config("smoke")
+
+
+def spec(name="t", **kw):
+    kw.setdefault("space", {"lr": {"low": 0.01, "high": 0.2, "log": True},
+                            "model.width": [4, 8]})
+    kw.setdefault("base", make_config(SMOKE, model=dict(depth=2), precision="fp32"))
+    kw.setdefault("n_trials", 4)
+    return search.StudySpec(name, **kw)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"learning_rate": [0.1]}, "unknown hyperparameter 'learning_rate'"),
+    ({"lr": {"low": 0.1, "high": 0.01}}, "impossible range"),
+    ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs low > 0"),
+    ({"lr": []}, "no choices"),
+    ({"model.kernel_size": [3, 4]}, "model.kernel_size=4 is not a valid value"),
+    ({"lr": {"low": 0.1}}, "needs low and high"),
+    ({}, "empty"),
+])
+def test_bad_space_is_one_clear_line(space, message):
+    with pytest.raises(search.SearchError, match=message) as e:
+        spec(space=space)
+    assert "\n" not in str(e.value)
+
+
+def test_grid_needs_lists_and_study_needs_validation_split():
+    with pytest.raises(search.SearchError, match="grid study needs a list"):
+        spec(sampler="grid")
+    with pytest.raises(search.SearchError, match="holdout"):
+        spec(base=make_config(SMOKE, holdout=0))
+
+
+def test_unopenable_storage_is_one_line(tmp_path):
+    with pytest.raises(search.SearchError, match="cannot open the study storage") as e:
+        search.open_storage("nosuchdb://user@host/db")
+    assert "\n" not in str(e.value)
+
+
+def test_missing_or_empty_study(tmp_path):
+    with pytest.raises(search.SearchError, match="python -m lib sweep --study nope"):
+        search.load_study("nope", tmp_path)
+    s = spec("empty")
+    search.create_study(s, search.open_storage(search.default_storage("empty", tmp_path)))
+    with pytest.raises(search.SearchError, match="no trained trials"):
+        search.load_study("empty", tmp_path)
+
+
+def test_study_trains_cached_runs_and_stops_at_n_trials(tmp_path):
+    s = spec(pruner="sha", n_trials=5)
+    out = search.run_study(s, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    assert out["trained"] == 5
+    study = search.load_study("t", tmp_path)
+    df = search.trials_frame(study)
+    done = df[df.state.isin(["COMPLETE", "PRUNED"])]
+    # every trial is a normal cached run with per-epoch metrics and weight statistics
+    for key, n in zip(done.key, done.epochs_run):
+        run = runs.read_run(tmp_path / "search" / "t" / key)
+        assert len(run.metrics) == n and "val_acc" in run.metrics
+        assert {"norm", "q01", "q99"} <= set(run.weights.columns)
+        assert (run.activations.dead_frac.between(0, 1)).all()
+        assert list((run.path / "tb").glob("events.*"))
+        assert run.summary["eval_split"] == "val" and "test_acc" not in run.summary
+    # pruned trials stopped early; complete ones ran the full budget
+    assert (done[done.state == "PRUNED"].epochs_run < s.base.epochs).all()
+    assert (done[done.state == "COMPLETE"].epochs_run == s.base.epochs).all()
+    # running it again trains nothing more; growing n_trials resumes the same study
+    again = search.run_study(s, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    assert again["trained"] == 5 and len(search.trials_frame(study)) == len(df)
+    with pytest.raises(search.SearchError, match="different space"):
+        search.run_study(spec(pruner="none"), runs_dir=tmp_path, synthetic=True,
+                         log=lambda *a: None)
+
+
+def test_grid_study_visits_every_cell_once(tmp_path):
+    s = spec("g", sampler="grid", pruner="none", n_trials=100,
+             space={"lr": [0.01, 0.1], "batch_size": [16, 32]})
+    out = search.run_study(s, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    df = search.trials_frame(search.load_study("g", tmp_path))
+    assert out["trained"] == 4
+    assert sorted(zip(df.lr, df.batch_size)) == [(0.01, 16), (0.01, 32), (0.1, 16), (0.1, 32)]
+
+
+def test_diverged_trial_is_recorded_not_dropped(tmp_path):
+    s = spec("d", space={"lr": [1e4]}, n_trials=1, pruner="none",
+             base=make_config(SMOKE, model=dict(depth=2, width=4, batch_norm=False),
+                              precision="fp32"))
+    search.run_study(s, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    df = search.trials_frame(search.load_study("d", tmp_path))
+    assert df.state.tolist() == ["COMPLETE"] and df.status.tolist() == ["diverged"]
+
+
+def test_compute_cap_skips_without_counting(tmp_path):
+    s = spec("c", space={"model.width": [4, 64]}, sampler="grid", pruner="none",
+             n_trials=1, max_macs=2e6)
+    search.run_study(s, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    df = search.trials_frame(search.load_study("c", tmp_path))
+    assert set(df[df.epochs_run == 0].skipped.str.contains("MACs > cap")) == {True}
+    assert (df.epochs_run > 0).sum() == 1
+
+
+def _states(db):
+    with sqlite3.connect(db) as con:
+        return [r[0] for r in con.execute("select state from trials order by number")]
+
+
+def test_sigkill_mid_sweep_then_rerun_resumes(tmp_path):
+    space = tmp_path / "space.yaml"  # models big enough that a trial takes a few seconds
+    space.write_text("lr: {low: 0.01, high: 0.1, log: true}\nmodel.width: [32, 48]\n"
+                     "model.convs_per_block: [2]\n")
+    cmd = [sys.executable, "-m", "lib", "sweep", "--study", "main", "--budget", "smoke",
+           "--space", str(space), "--synthetic", "--runs-dir", str(tmp_path),
+           "--n-trials", "3"]
+    db = tmp_path / "search" / "main.db"
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while True:  # kill once a trial has finished and the next one is training
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.time() < deadline, "the sweep never got going"
+            try:
+                st = _states(db)
+            except sqlite3.Error:
+                st = []
+            if any(s in ("COMPLETE", "PRUNED") for s in st) and st and st[-1] == "RUNNING" \
+                    and list((tmp_path / runs.TMP).glob("*/tb/events.*")):
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = search.trials_frame(search.optuna_load("main", search.default_storage(
+        "main", tmp_path)))
+    killed = before[before.state == "RUNNING"].number.tolist()
+    finished = before[before.state.isin(["COMPLETE", "PRUNED"])]
+    assert len(killed) == 1
+
+    r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"trial(s) {killed} were interrupted" in r.stdout
+    after = search.trials_frame(search.load_study("main", tmp_path))
+    # the killed trial is FAIL and was retried with its parameters; nothing counted twice
+    assert after.set_index("number").loc[killed[0], "state"] == "FAIL"
+    retry = after[after.get("retry_of") == killed[0]]
+    assert len(retry) == 1 and retry.state.iloc[0] in ("COMPLETE", "PRUNED")
+    trained = after[after.state.isin(["COMPLETE", "PRUNED"]) & (after.epochs_run > 0)]
+    assert len(trained) == 3
+    # trials finished before the kill are kept as they were
+    kept = after.set_index("number").loc[finished.number]
+    assert (kept.value.values == finished.value.values).all()
+    # every trained trial's run is in the cache, and no temporary folder is left
+    assert all((tmp_path / "search" / "main" / k / "summary.json").is_file()
+               for k in trained.key)
+    assert not list((tmp_path / runs.TMP).iterdir())
