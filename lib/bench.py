@@ -16,7 +16,9 @@ The speedup is against the faster of the two baselines.
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,3 +133,54 @@ def run(ds: Dataset, model_cfg, batch_size: int = 128, steps: int = 30, warmup: 
     echo(f"speedup fp32 only: {res['speedup_fp32']:.2f}x")
     echo(f"speedup: {res['speedup']:.2f}x")
     return res
+
+
+# --------------------------------------------------------------------------
+# chapter 4: what logging costs
+# --------------------------------------------------------------------------
+#: The logging variants timed by :func:`tracking_overhead`: Tracker options (None: no
+#: tracker at all).
+TRACKING_VARIANTS = {
+    "no logging": None,
+    "TensorBoard scalars": dict(histograms=False),
+    "TensorBoard scalars + histograms": dict(histograms=True),
+    "TensorBoard + W&B offline": dict(histograms=True, wandb=True),
+}
+
+
+def tracking_overhead(ds: Dataset, c, repeats: int = 2, device="auto",
+                      variants: dict | None = None, log=print):
+    """Wall-clock time of whole training runs of ``c`` with each logging variant, the
+    variants interleaved ``repeats`` times so that drifts in machine load hit all of
+    them alike (chapter 4). Returns one row per (variant, repeat)."""
+    import tempfile
+
+    import pandas as pd
+
+    from .track import Tracker, wandb_available
+
+    variants = dict(variants or TRACKING_VARIANTS)
+    if not wandb_available():
+        variants = {k: v for k, v in variants.items() if not (v or {}).get("wandb")}
+    fit(make_config(c, epochs=1), ds, device=device, progress=False)  # warm-up, not timed
+    rows = []
+    for rep in range(repeats):
+        for name, opts in variants.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                tracker = None if opts is None else Tracker(Path(tmp) / "tb", **opts,
+                                                            run_name=f"bench-{rep}")
+                res = fit(c, ds, device=device, tracker=tracker, progress=False)
+                seconds = time.perf_counter() - t0
+            rows.append(dict(variant=name, repeat=rep, seconds=seconds,
+                             load_avg_1min=os.getloadavg()[0], cpus=os.cpu_count(),
+                             train_time_s=res.summary["train_time_s"],
+                             epochs=res.summary["epochs_run"]))
+            log(f"{name:34s} repeat {rep}: {seconds:6.1f} s")
+    return pd.DataFrame(rows)
+
+
+def overhead_ratios(df):
+    """Median time of each variant divided by the median time without logging."""
+    med = df.groupby("variant", sort=False).seconds.median()
+    return med / med["no logging"]

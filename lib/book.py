@@ -99,6 +99,26 @@ def ch03_configs(budget: str) -> dict[str, list[Config]]:
             for name, m in (("mlp", ch03_mlp_model()), ("cnn", ch03_cnn_model()))}
 
 
+def ch04_track() -> dict:
+    """What chapter 4's run logs besides scalars and histograms: the model graph,
+    prediction images, and a W&B offline run where W&B is installed."""
+    from .track import wandb_available
+
+    return dict(graph=True, predictions=16, wandb=wandb_available())
+
+
+def ch04_config(budget: str, seed: int = 0) -> Config:
+    """Chapter 4's run, logged to TensorBoard and W&B: the chapter-3 CNN, fewer epochs."""
+    return make_config(ch03_cnn_config(budget, seed),
+                       epochs={"smoke": 2, "cpu": 8, "gpu": 20}[budget])
+
+
+def ch04_overhead_config(budget: str) -> Config:
+    """What chapter 4's logging benchmark trains, once per logging variant."""
+    return make_config(ch03_cnn_config(budget), epochs={"smoke": 2, "cpu": 3, "gpu": 5}[budget],
+                       n_train={"smoke": None, "cpu": 10_000, "gpu": None}[budget])
+
+
 def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
     """One chapter-3 CNN run (the ``ch03-cnn`` preset of ``python -m lib train``)."""
     return make_config(ch03_configs(budget)["cnn"][0], seed=seed)

@@ -256,11 +256,32 @@ def cmd_sweep(a) -> None:
     if changes and not a.space:
         spec = search.StudySpec(**{**{f: getattr(spec, f) for f in
                                       spec.__dataclass_fields__}, **changes})
+    if a.retrain:
+        from .data import load_cifar10, synthetic
+
+        ds = synthetic(512, 256) if a.synthetic else load_cifar10(a.data_dir)
+        rt = search.retrain(spec.name, a.budget, ds, k=a.retrain, runs_dir=a.runs_dir,
+                            device=a.device, log=lambda m: print(m, flush=True))
+        print(rt.drop(columns="run").to_string(index=False))
+        return
     out = search.run_study(spec, a.storage, a.n_workers, a.data_dir, a.runs_dir, a.device,
                            synthetic=a.synthetic, progress=None)
     print(f"study {out['study']}: {out['trained']} trials trained ({out['complete']} "
           f"complete, {out['pruned']} pruned), {out['epochs']} epochs in all; best "
           f"validation accuracy {out['best_value']}")
+
+
+def cmd_screenshots(a) -> None:
+    from . import book, runs, screens
+    from .data import load_cifar10, synthetic
+
+    screens.chromium()  # fail first, with the install hint, if it is missing
+    ds = synthetic(600, 300) if a.budget == "smoke" else load_cifar10(a.data_dir)
+    run = runs.get(book.ch04_config(a.budget), ds, "ch04", a.runs_dir, device=a.device,
+                   train=a.train, track=book.ch04_track())
+    out = Path(a.out)
+    for p in screens.take(run, out):
+        print(p)
 
 
 def cmd_bench(a) -> None:
@@ -331,7 +352,18 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--n-workers", type=int, default=1,
                    help="worker processes sharing the study (one per GPU, or CPU cores)")
     q.add_argument("--synthetic", action="store_true", help="tiny synthetic data (a dry run)")
+    q.add_argument("--retrain", type=int, default=0, metavar="K",
+                   help="instead of searching: re-train the study's K best configs on the "
+                        "whole training set, full epoch budget, several seeds (chapter 5)")
     q.set_defaults(func=cmd_sweep)
+    q = sub.add_parser("screenshots",
+                       help="photograph TensorBoard and W&B LEET for chapter 4's run")
+    common(q)
+    q.add_argument("--out", default=str(REPO_ROOT / "book" / "images" / "ch04"),
+                   help="where the PNG files go (default book/images/ch04)")
+    q.add_argument("--train", action="store_true",
+                   help="train chapter 4's run first if it is not cached")
+    q.set_defaults(func=cmd_screenshots)
     q = sub.add_parser("bench", help="training throughput: ours vs the textbook pipeline")
     common(q, budget=False)
     q.add_argument("--batch-size", type=int, default=128)
@@ -350,13 +382,16 @@ def main(argv=None) -> int:
     from .data import DataError
     from .models import ConfigError
     from .runs import CacheError
+    from .screens import ScreenshotError
     from .search import SearchError
+    from .track import TrackingError
 
     a = parser().parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         a.func(a)
-    except (UserError, DataError, ConfigError, CacheError, SearchError) as e:
+    except (UserError, DataError, ConfigError, CacheError, SearchError, ScreenshotError,
+            TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

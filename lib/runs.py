@@ -171,7 +171,7 @@ def find(c: Config, ds: Dataset | str, group: str, runs_dir=None) -> Run | None:
 
 def get(c: Config, ds: Dataset, group: str, runs_dir=None, *, device: str = "auto",
         train: bool = True, progress: bool | None = None, histograms: bool = True,
-        callbacks=()) -> Run:
+        callbacks=(), track: dict | None = None) -> Run:
     """Load-or-train (chapter 1): the cached run of ``c``, trained first on a miss.
 
     With ``train=False`` a miss raises CacheError naming the command that fills it.
@@ -186,12 +186,15 @@ def get(c: Config, ds: Dataset, group: str, runs_dir=None, *, device: str = "aut
             "`python -m lib book` to fill the cache."
         )
     return train_into_cache(c, ds, group, runs_dir, device=device, progress=progress,
-                            histograms=histograms, callbacks=callbacks)
+                            histograms=histograms, callbacks=callbacks, track=track)
 
 
 def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, device="auto",
-                     progress=None, histograms=True, callbacks=()) -> Run:
-    """Train ``c`` and write its folder atomically; return it as a :class:`Run`."""
+                     progress=None, histograms=True, callbacks=(), track=None) -> Run:
+    """Train ``c`` and write its folder atomically; return it as a :class:`Run`.
+
+    ``track`` holds extra :class:`lib.track.Tracker` options (chapter 4: the model
+    graph, prediction images, a W&B offline run in the folder's ``wandb/``)."""
     import torch
 
     from .track import Tracker
@@ -205,7 +208,8 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        tracker = Tracker(tmp / "tb", histograms=histograms)
+        tracker = Tracker(tmp / "tb", histograms=histograms, run_name=key,
+                          **(track or {}))
         res = fit(c, ds, device=device, tracker=tracker, callbacks=callbacks,
                   progress=progress)
         summary = dict(res.summary, key=key, group=group, cache_version=CACHE_VERSION,

@@ -361,6 +361,9 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, c.schedule, c.warmup))
 
+    if tracker is not None:
+        tracker.start(model, probe, dd.x_test[:64].permute(0, 2, 3, 1).cpu().numpy(),
+                      dd.y_test[:64].cpu().numpy(), ds.classes)
     res = Result(model=model)
     res.weights += [dict(epoch=0, **r) for r in weight_stats(model)]
     res.activations += [dict(epoch=0, **r) for r in activation_stats(model, probe, amp_dtype)]
