@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install book html test lint bench sweep clean
+.PHONY: install book html pdf test lint bench sweep clean
 BUDGET ?= cpu
 STUDIES ?= main grid-lr-bs pair-pruned pair-full
 
@@ -22,6 +22,9 @@ book: $(STAMP)  ## execute every chapter (reusing runs/), then build _build/html
 
 html: $(STAMP)  ## build _build/html from the executed notebooks (no execution)
 	$(PY) -m lib html
+
+pdf: $(STAMP)  ## the PDF handout: _build/latex/book.pdf (needs TeX: see the appendix)
+	$(PY) -m lib pdf
 
 test: $(STAMP)  ## lint, then the test suite
 	$(PY) -m ruff check .

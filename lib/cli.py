@@ -194,6 +194,21 @@ def cmd_html(a) -> None:
     print(f"book: {REPO_ROOT / '_build' / 'html' / 'index.html'}")
 
 
+def cmd_pdf(a) -> None:
+    import shutil
+
+    missing = [t for t in ("xelatex", "latexmk") if shutil.which(t) is None]
+    if missing:
+        raise UserError(f"{' and '.join(missing)} not found: the PDF needs TeX; on Debian/"
+                        "Ubuntu `sudo apt-get install texlive-xetex texlive-latex-extra "
+                        "texlive-fonts-recommended latexmk` (see the appendix)")
+    build_html(builder="pdflatex")
+    pdfs = sorted((REPO_ROOT / "_build" / "latex").glob("*.pdf"))
+    if not pdfs:
+        raise UserError("the LaTeX build produced no PDF; see _build/latex/*.log")
+    print(f"pdf: {pdfs[0]}")
+
+
 def parse_value(v: str):
     """'0.1' -> 0.1, 'true' -> True, '[64,32]' -> [64, 32], 'sgd' -> 'sgd'."""
     low = v.lower()
@@ -328,6 +343,8 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_book)
     q = sub.add_parser("html", help="build the HTML from the executed notebooks (no training)")
     q.set_defaults(func=cmd_html)
+    q = sub.add_parser("pdf", help="build the PDF handout (LaTeX) from the executed notebooks")
+    q.set_defaults(func=cmd_pdf)
     q = sub.add_parser("train", help="train one config into the runs cache")
     common(q)
     q.add_argument("--preset", default="ch01", help="ch01 or ch03-cnn")

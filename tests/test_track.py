@@ -14,3 +14,90 @@ def test_events_hold_every_epoch(tmp_path, synth, tiny_config):
 def test_flat_hparams():
     flat = track.flat_hparams({"model": {"hidden": [1, 2], "depth": 3}, "lr": 0.1, "n": None})
     assert flat == {"model.hidden": "[1, 2]", "model.depth": 3, "lr": 0.1, "n": "None"}
+
+
+def test_graph_predictions_histograms_and_hparams_are_logged(tmp_path, synth, tiny_config):
+    run = runs.get(tiny_config, synth, "g", tmp_path,
+                   track=dict(graph=True, predictions=8, wandb=False))
+    kinds = track.event_summary(run.tb_dir)["tags"]
+    assert kinds["graph"] == 1 and kinds["images"] == 1 and kinds["hparams"] >= 1
+    assert kinds["histograms"] == 2 * len(run.weights.layer.unique())  # weights and grads
+
+
+def test_corrupt_or_truncated_event_file_is_skipped_with_a_warning(tmp_path, synth,
+                                                                    tiny_config):
+    import shutil
+
+    run = runs.get(tiny_config, synth, "g", tmp_path)
+    logs = tmp_path / "logs"
+    shutil.copytree(run.tb_dir, logs / "good")
+    (logs / "bad").mkdir()
+    (logs / "bad" / "events.out.tfevents.1.bad").write_bytes(b"\x00\x01garbage" * 50)
+    good_file = next((logs / "good").glob("events.*"))
+    data = good_file.read_bytes()
+    (logs / "cut").mkdir()
+    (logs / "cut" / "events.out.tfevents.2.cut").write_bytes(data[: len(data) // 2])
+    warned = []
+    df = track.read_scalars(logs, warn=warned.append)
+    assert any("events.out.tfevents.1.bad" in w for w in warned)
+    assert len(df[df.tag == "accuracy/test"]) >= tiny_config.epochs  # the good file is read
+
+
+def test_wandb_missing_is_one_clear_error_and_the_book_goes_on(monkeypatch, tmp_path):
+    import builtins
+
+    from lib import book
+
+    real = builtins.__import__
+
+    def no_wandb(name, *a, **k):
+        if name == "wandb" or name.startswith("wandb."):
+            raise ImportError("No module named 'wandb'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    assert not track.wandb_available()
+    assert book.ch04_track()["wandb"] is False
+    import pytest
+
+    with pytest.raises(track.TrackingError, match="pip install wandb"):
+        track.Tracker(tmp_path / "tb", wandb=True)
+
+
+def test_wandb_offline_run_lands_in_the_run_folder(tmp_path, synth, tiny_config):
+    import pytest
+
+    if not track.wandb_available():
+        pytest.skip("wandb not installed")
+    run = runs.get(tiny_config, synth, "g", tmp_path, track=dict(wandb=True, predictions=4))
+    wb = track.wandb_run_dir(run.path)
+    assert wb is not None and list(wb.glob("run-*.wandb"))
+    summary = track.wandb_summary(wb)
+    assert summary is not None
+    assert abs(summary["test_acc"] - run.summary["test_acc"]) < 1e-9
+
+
+def test_screenshots_without_chromium_fail_with_install_hint(monkeypatch, capsys):
+    import shutil
+
+    from lib import cli, screens
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert cli.main(["screenshots", "--budget", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "Chromium is not installed" in err and "apt-get install chromium" in err
+    assert err.count("\n") == 1
+    monkeypatch.undo()
+    assert screens.TB_PAGES  # the module stays importable without a browser
+
+
+def test_tracking_overhead_rows(synth, tiny_config):
+    from lib import bench
+
+    df = bench.tracking_overhead(synth, tiny_config, repeats=1,
+                                 variants={"no logging": None,
+                                           "TensorBoard scalars": dict(histograms=False)},
+                                 log=lambda *a: None)
+    assert list(df.variant) == ["no logging", "TensorBoard scalars"]
+    r = bench.overhead_ratios(df)
+    assert r["no logging"] == 1.0 and r["TensorBoard scalars"] > 0
