@@ -57,12 +57,42 @@ def setup(chapter: str, budget: str = "cpu", device: str = "auto", data_dir: str
         raise ParameterError(f"device={device!r}: {e}") from e
     if not isinstance(seed, int) or seed < 0:
         raise ParameterError(f"seed={seed!r} must be a non-negative integer")
+    _latex_tables()
     if budget == "smoke":
         data = synthetic(n_train=600, n_test=300, seed=seed)
     else:
         data = load_cifar10(data_dir or None)
     return Setup(chapter=chapter, budget=budget, device=str(dev), seed=seed, data=data,
                  runs_dir=runs_dir)
+
+
+def _latex_tables() -> None:
+    """Give tables a LaTeX form next to their HTML one, so that the PDF handout
+    (``make pdf``) prints them as tables instead of their Python repr."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    import pandas as pd
+    from pandas.io.formats.style import Styler
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    def latex(obj):
+        d = obj.data if isinstance(obj, Styler) else obj
+        if len(d) > 60:
+            return None  # long tables stay out of the handout
+        st = d.style.format(cell, escape="latex")
+        st = st.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+        return st.to_latex(hrules=True)
+
+    fmt = ip.display_formatter.formatters["text/latex"]
+    fmt.for_type(pd.DataFrame, latex)
+    fmt.for_type(Styler, latex)
 
 
 # --------------------------------------------------------------------------
@@ -151,4 +181,4 @@ def execution_report(s: Setup, runs: list) -> object:
                        if first else "no training run"),
         "runs read": ", ".join(r.key for r in runs) or "none",
     }
-    return pd.DataFrame({"value": rows}).style.set_properties(**{"text-align": "left"})
+    return pd.DataFrame({"value": rows})

@@ -81,6 +81,12 @@ def tensorboard(log_dir: Path, out: Path, width: int = 1280, height: int = 800) 
                 page.goto(f"{url}/#{frag}")
                 page.wait_for_load_state("networkidle")
                 time.sleep(4)  # charts draw after the data arrives
+                if frag == "graphs":  # open the model's node to show its layers
+                    try:
+                        page.locator("text=CNN").first.dblclick(timeout=5000)
+                        time.sleep(2)
+                    except Exception:  # noqa: BLE001 - keep the collapsed graph
+                        pass
                 shots.append(out / f"{name}.png")
                 page.screenshot(path=str(shots[-1]))
             browser.close()

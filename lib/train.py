@@ -325,6 +325,14 @@ def evaluate(model, dd: DeviceData, c: Config, amp_dtype, batch_size: int = 1000
     return loss, acc, out.cpu().numpy()
 
 
+def probe_indices(y: np.ndarray, n: int = 256) -> np.ndarray:
+    """Up to ``n`` indices of ``y`` taken round-robin over the classes (the first image
+    of each class, then the second, ...): a fixed probe whose every prefix is balanced."""
+    per = [np.flatnonzero(y == k) for k in np.unique(y)]
+    order = [p[i] for i in range(max(map(len, per))) for p in per if i < len(p)]
+    return np.array(order[:n], dtype=np.int64)
+
+
 def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=None,
         callbacks=(), progress: bool | None = None) -> Result:
     """Train ``c`` on ``ds``; return a :class:`Result` (chapter 1, explained in chapter 3).
@@ -348,7 +356,9 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
         ds = subset(ds, c.n_train, c.n_test, seed=c.seed)
     dd = DeviceData(ds, dev)
     n = len(dd.y_train)
-    probe = dd.normalise(dd.x_test[:256], c.channels_last)
+    # a fixed, class-balanced probe of the evaluation split (some copies sort it by class)
+    pidx = torch.from_numpy(probe_indices(ds.y_test)).to(dev)
+    probe = dd.normalise(dd.x_test[pidx], c.channels_last)
 
     model = build_model(c.model).to(dev)
     if c.channels_last:
@@ -362,8 +372,8 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
         opt, lambda s: lr_factor(s, total, c.schedule, c.warmup))
 
     if tracker is not None:
-        tracker.start(model, probe, dd.x_test[:64].permute(0, 2, 3, 1).cpu().numpy(),
-                      dd.y_test[:64].cpu().numpy(), ds.classes)
+        tracker.start(model, probe, dd.x_test[pidx].permute(0, 2, 3, 1).cpu().numpy(),
+                      dd.y_test[pidx].cpu().numpy(), ds.classes)
     res = Result(model=model)
     res.weights += [dict(epoch=0, **r) for r in weight_stats(model)]
     res.activations += [dict(epoch=0, **r) for r in activation_stats(model, probe, amp_dtype)]

@@ -119,3 +119,10 @@ def test_new_fields_at_their_defaults_keep_old_run_keys():
     assert runs.run_key(train.make_config(base, holdout=10), "f") != runs.run_key(base, "f")
     assert runs.run_key(train.make_config(base, model={"early_pool": True}), "f") != \
         runs.run_key(base, "f")
+
+
+def test_probe_is_class_balanced_even_on_a_sorted_split():
+    y = np.repeat(np.arange(10), 30)  # sorted by class, as the offline copy's test set
+    idx = train.probe_indices(y, 40)
+    assert np.bincount(y[idx], minlength=10).tolist() == [4] * 10
+    assert (train.probe_indices(y, 40) == idx).all()
