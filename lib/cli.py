@@ -80,7 +80,6 @@ def inputs_digest(nb_path: Path, params: dict, read: list[str]) -> dict:
     setting, and every run folder or cached analysis file the chapter read."""
     import nbformat
 
-    from .data import ENV_VAR
     from .runs import runs_root
 
     nb = nbformat.read(nb_path, as_version=4)
@@ -95,9 +94,27 @@ def inputs_digest(nb_path: Path, params: dict, read: list[str]) -> dict:
         runs += [rel] + [f.read_bytes() if f.is_file() else b"missing" for f in files]
     return {"notebook source": _digest(cells),
             "lib code": _digest(f.name.encode() + f.read_bytes() for f in lib),
-            "parameters": _digest([json.dumps(params, sort_keys=True),
-                                   os.environ.get(ENV_VAR, "")]),
+            "parameters": _digest([json.dumps(_portable(params), sort_keys=True),
+                                   data_identity(params)]),
             "runs read": _digest(runs)}
+
+
+def _portable(params: dict) -> dict:
+    """Parameters without machine-specific paths (the data is identified by content)."""
+    return {k: v for k, v in params.items() if k not in ("data_dir", "runs_dir")}
+
+
+def data_identity(params: dict) -> str:
+    """What data a chapter sees: its content fingerprint, wherever the files live
+    (budget smoke: the synthetic data)."""
+    if params.get("budget") == "smoke":
+        return "synthetic"
+    from .data import DataError, load_cifar10
+
+    try:
+        return load_cifar10(params.get("data_dir") or None).fingerprint
+    except DataError as e:
+        return f"unavailable: {e}"
 
 
 def staleness(nb_path: Path, params: dict) -> list[str]:
@@ -396,7 +413,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .data import DataError
+    from .data import ENV_VAR, DataError
     from .models import ConfigError
     from .runs import CacheError
     from .screens import ScreenshotError
@@ -405,6 +422,13 @@ def main(argv=None) -> int:
 
     a = parser().parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # chapters execute with their own folder as working directory: a relative data
+    # setting must mean what it meant where the command was typed
+    if os.environ.get(ENV_VAR) and not os.path.isabs(os.environ[ENV_VAR]):
+        os.environ[ENV_VAR] = os.path.abspath(os.environ[ENV_VAR])
+    for name in ("data_dir", "runs_dir"):
+        if getattr(a, name, None):
+            setattr(a, name, os.path.abspath(getattr(a, name)))
     try:
         a.func(a)
     except (UserError, DataError, ConfigError, CacheError, SearchError, ScreenshotError,

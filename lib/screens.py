@@ -100,6 +100,7 @@ def wandb_leet(run_dir: Path, out: Path, cols: int = 150, rows: int = 42) -> Pat
     """A screenshot of W&B LEET (the local terminal UI) showing an offline run."""
     from playwright.sync_api import sync_playwright
     from rich.console import Console
+    from rich.terminal_theme import MONOKAI
     from rich.text import Text
 
     exe = chromium()
@@ -122,7 +123,7 @@ def wandb_leet(run_dir: Path, out: Path, cols: int = 150, rows: int = 42) -> Pat
                       file=open("/dev/null", "w"))
     console.print(Text.from_ansi(screen))
     html = out / "wandb_leet.html"
-    html.write_text(console.export_html(inline_styles=True))
+    html.write_text(console.export_html(inline_styles=True, theme=MONOKAI))
     png = out / "wandb_leet.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_FLAGS)
