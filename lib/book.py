@@ -67,8 +67,8 @@ def setup(chapter: str, budget: str = "cpu", device: str = "auto", data_dir: str
 
 
 def _latex_tables() -> None:
-    """Give tables a LaTeX form next to their HTML one, so that the PDF handout
-    (``make pdf``) prints them as tables instead of their Python repr."""
+    """Give styled tables a plain-text form, which is what the PDF handout
+    (``make pdf``) prints for them (pandas leaves a Styler's text form as its repr)."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -76,23 +76,10 @@ def _latex_tables() -> None:
     ip = get_ipython()
     if ip is None:
         return
-    import pandas as pd
     from pandas.io.formats.style import Styler
 
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    def latex(obj):
-        d = obj.data if isinstance(obj, Styler) else obj
-        if len(d) > 60:
-            return None  # long tables stay out of the handout
-        st = d.style.format(cell, escape="latex")
-        st = st.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-        return st.to_latex(hrules=True)
-
-    fmt = ip.display_formatter.formatters["text/latex"]
-    fmt.for_type(pd.DataFrame, latex)
-    fmt.for_type(Styler, latex)
+    ip.display_formatter.formatters["text/plain"].for_type(
+        Styler, lambda st, p, cycle: p.text(st.data.to_string()))
 
 
 # --------------------------------------------------------------------------
