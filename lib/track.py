@@ -217,6 +217,10 @@ def read_scalars(log_dir: str | Path, warn=None):
     warn = warn or (lambda msg: warnings.warn(msg, stacklevel=2))
     rows = []
     for f in sorted(Path(log_dir).glob("**/events.out.tfevents.*")):
+        bad = _record_problem(f)
+        if bad:
+            warn(f"skipped unreadable TensorBoard event file {f} ({bad})")
+            continue
         got = []
         try:
             for ev in EventFileLoader(str(f)).Load():
@@ -234,6 +238,25 @@ def read_scalars(log_dir: str | Path, warn=None):
             continue
         rows += got
     return pd.DataFrame(rows, columns=["tag", "step", "value"])
+
+
+def _record_problem(path: Path) -> str | None:
+    """Why an event file is not a whole sequence of TFRecords (each: 8-byte length,
+    4-byte CRC, data, 4-byte CRC), or None. Catches truncated and garbage files,
+    which TensorBoard's loader reads silently as fewer (or no) events."""
+    import struct
+
+    data = path.read_bytes()
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 12:
+            return f"truncated record header at byte {pos}"
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        end = pos + 12 + length + 4
+        if end > len(data):
+            return f"record at byte {pos} runs past the end of the file (truncated or corrupt)"
+        pos = end
+    return None
 
 
 def event_summary(log_dir: str | Path):

@@ -40,6 +40,7 @@ def test_corrupt_or_truncated_event_file_is_skipped_with_a_warning(tmp_path, syn
     warned = []
     df = track.read_scalars(logs, warn=warned.append)
     assert any("events.out.tfevents.1.bad" in w for w in warned)
+    assert any("events.out.tfevents.2.cut" in w for w in warned)
     assert len(df[df.tag == "accuracy/test"]) >= tiny_config.epochs  # the good file is read
 
 
