@@ -28,7 +28,7 @@ import pandas as pd
 from . import runs
 from .data import Dataset
 from .models import ConfigError, ModelConfig, macs
-from .runs import _note_read, get, runs_root
+from .runs import _note_read, _pid_alive, get, runs_root
 from .train import Config, config_dict, config_from_dict, make_config
 
 # Optuna imports tqdm.auto, which warns inside Jupyter when ipywidgets is absent;
@@ -388,16 +388,6 @@ def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progre
         return s[OBJECTIVE]
 
     return f
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def recover(study, spec: StudySpec) -> list[int]:
