@@ -12,7 +12,7 @@ STUDIES ?= main grid-lr-bs pair-pruned pair-full
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,tracking]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,tracking,keras]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -136,6 +136,12 @@ def ch04_overhead_config(budget: str) -> Config:
                        n_train={"smoke": None, "cpu": 10_000, "gpu": None}[budget])
 
 
+def ch07_configs(budget: str) -> list[Config]:
+    """Chapter 7's Keras runs: exactly chapter 3's CNN runs (same seeds), which chapter 7
+    trains a second time with ``lib.keras_cnn`` (``runs.get(..., framework="keras")``)."""
+    return ch03_configs(budget)["cnn"]
+
+
 def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
     """One chapter-3 CNN run (the ``ch03-cnn`` preset of ``python -m lib train``)."""
     return make_config(ch03_configs(budget)["cnn"][0], seed=seed)

@@ -60,8 +60,15 @@ def runs_root(runs_dir: str | os.PathLike | None = None) -> Path:
     return Path(runs_dir or os.environ.get(RUNS_ENV) or REPO_ROOT / "runs")
 
 
-def run_key(c: Config, data_fingerprint: str) -> str:
-    """12 hex digits of sha256(config, data fingerprint, cache version) (chapter 1)."""
+#: Frameworks a run can be trained with; the key of a non-default one includes its name.
+FRAMEWORKS = ("torch", "keras")
+
+
+def run_key(c: Config, data_fingerprint: str, framework: str = "torch") -> str:
+    """12 hex digits of sha256(config, data fingerprint, cache version) (chapter 1);
+    a Keras run (chapter 7) also hashes the framework's name."""
+    if framework not in FRAMEWORKS:
+        raise CacheError(f"framework {framework!r}: use one of {FRAMEWORKS}")
     d = config_dict(c)
     for name, default in KEY_NEUTRAL_DEFAULTS.items():
         *parents, leaf = name.split(".")
@@ -70,8 +77,10 @@ def run_key(c: Config, data_fingerprint: str) -> str:
             sub = sub[p]
         if sub.get(leaf) == default:
             del sub[leaf]
-    blob = json.dumps(dict(config=d, data=data_fingerprint,
-                           version=CACHE_VERSION), sort_keys=True)
+    fields = dict(config=d, data=data_fingerprint, version=CACHE_VERSION)
+    if framework != "torch":
+        fields["framework"] = framework
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -145,19 +154,21 @@ def read_run(path: Path) -> Run:
     return Run(path=path, key=path.name, config=config_from_dict(cfg), summary=summary)
 
 
-def find(c: Config, ds: Dataset | str, group: str, runs_dir=None) -> Run | None:
+def find(c: Config, ds: Dataset | str, group: str, runs_dir=None,
+         framework: str = "torch") -> Run | None:
     """The cached run of ``c`` on ``ds`` (a Dataset or its fingerprint), or None.
 
     A folder whose stored config, data or version does not match its key is
     reported with CacheError, never silently used.
     """
     fp = ds if isinstance(ds, str) else ds.fingerprint
-    key = run_key(c, fp)
+    key = run_key(c, fp, framework)
     path = runs_root(runs_dir) / group / key
     if not path.is_dir():
         return None
     run = read_run(path)
-    stored = (run_key(run.config, run.summary.get("data_fingerprint", "")),
+    stored = (run_key(run.config, run.summary.get("data_fingerprint", ""),
+                      run.summary.get("framework", "torch")),
               run.summary.get("cache_version"))
     if stored != (key, CACHE_VERSION):
         raise CacheError(
@@ -171,36 +182,40 @@ def find(c: Config, ds: Dataset | str, group: str, runs_dir=None) -> Run | None:
 
 def get(c: Config, ds: Dataset, group: str, runs_dir=None, *, device: str = "auto",
         train: bool = True, progress: bool | None = None, histograms: bool = True,
-        callbacks=(), track: dict | None = None) -> Run:
+        callbacks=(), track: dict | None = None, framework: str = "torch") -> Run:
     """Load-or-train (chapter 1): the cached run of ``c``, trained first on a miss.
 
     With ``train=False`` a miss raises CacheError naming the command that fills it.
     """
-    found = find(c, ds, group, runs_dir)
+    found = find(c, ds, group, runs_dir, framework)
     if found is not None:
         return found
     if not train:
         raise CacheError(
-            f"run {run_key(c, ds.fingerprint)} of group {group!r} is not in "
+            f"run {run_key(c, ds.fingerprint, framework)} of group {group!r} is not in "
             f"{runs_root(runs_dir)} and training is off; execute the chapter with "
             "`python -m lib book` to fill the cache."
         )
     return train_into_cache(c, ds, group, runs_dir, device=device, progress=progress,
-                            histograms=histograms, callbacks=callbacks, track=track)
+                            histograms=histograms, callbacks=callbacks, track=track,
+                            framework=framework)
 
 
 def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, device="auto",
-                     progress=None, histograms=True, callbacks=(), track=None) -> Run:
+                     progress=None, histograms=True, callbacks=(), track=None,
+                     framework: str = "torch") -> Run:
     """Train ``c`` and write its folder atomically; return it as a :class:`Run`.
 
     ``track`` holds extra :class:`lib.track.Tracker` options (chapter 4: the model
-    graph, prediction images, a W&B offline run in the folder's ``wandb/``)."""
+    graph, prediction images, a W&B offline run in the folder's ``wandb/``).
+    ``framework="keras"`` trains with :func:`lib.keras_cnn.fit` instead (chapter 7;
+    Keras writes its own TensorBoard logs, ``device`` and ``track`` do not apply)."""
     import torch
 
     from .track import Tracker
 
     root = runs_root(runs_dir)
-    key = run_key(c, ds.fingerprint)
+    key = run_key(c, ds.fingerprint, framework)
     final = root / group / key
     clean_stale_tmp(root)
     tmp = root / TMP / f"{group.replace('/', '__')}-{key}-{os.getpid()}"
@@ -208,10 +223,15 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        tracker = Tracker(tmp / "tb", histograms=histograms, run_name=key,
-                          **(track or {}))
-        res = fit(c, ds, device=device, tracker=tracker, callbacks=callbacks,
-                  progress=progress)
+        if framework == "keras":
+            from .keras_cnn import fit as keras_fit
+
+            res = keras_fit(c, ds, log_dir=tmp / "tb", progress=bool(progress))
+        else:
+            tracker = Tracker(tmp / "tb", histograms=histograms, run_name=key,
+                              **(track or {}))
+            res = fit(c, ds, device=device, tracker=tracker, callbacks=callbacks,
+                      progress=progress)
         summary = dict(res.summary, key=key, group=group, cache_version=CACHE_VERSION,
                        lib_version=__version__, git_commit=_git_commit(),
                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -219,10 +239,13 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         pd.DataFrame(res.history).to_csv(tmp / "metrics.csv", index=False)
         pd.DataFrame(res.weights).to_csv(tmp / "weights.csv", index=False)
-        pd.DataFrame(res.activations).to_csv(tmp / "activations.csv", index=False)
+        if res.activations:
+            pd.DataFrame(res.activations).to_csv(tmp / "activations.csv", index=False)
         logits = "val_logits.npy" if c.holdout else "test_logits.npy"
         np.save(tmp / logits, np.clip(res.test_logits, -65504, 65504).astype(np.float16))
-        if c.save_weights:
+        if c.save_weights and framework == "keras":
+            res.model.save_weights(tmp / "model.weights.h5")
+        elif c.save_weights:
             state = {k: v.detach().cpu().contiguous() for k, v in res.model.state_dict().items()}
             torch.save(state, tmp / "model.pt")
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +257,7 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return find(c, ds, group, runs_dir)
+    return find(c, ds, group, runs_dir, framework)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -656,6 +656,14 @@ def space_table(spec: StudySpec) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("hyperparameter")
 
 
+def seed_picks(df: pd.DataFrame) -> dict:
+    """Chapter 6's three trials to re-run with other seeds: the best, the median and the
+    worst of the trials that ran every epoch (``df``: :func:`trained_frame`)."""
+    full = df[df.state == "COMPLETE"].sort_values("value")
+    return {"best": int(full.number.iloc[-1]), "median": int(full.number.iloc[len(full) // 2]),
+            "worst": int(full.number.iloc[0])}
+
+
 def seed_runs(study, picks: dict, seeds=(1, 2), runs_dir=None, data: Dataset | None = None,
               device="auto", train=True, keep_weights=()) -> pd.DataFrame:
     """The same trial configs trained again with other seeds, at the study's fidelity

@@ -243,21 +243,22 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.
 QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
 
 
+def array_stats(name: str, w: np.ndarray) -> dict:
+    """Norm, mean, std, min, max and quantiles of one weight array (any framework)."""
+    w = np.asarray(w, dtype=np.float32).ravel()
+    q = np.quantile(w[:1 << 24], QUANTILES)
+    return dict(layer=name, numel=w.size, norm=float(np.linalg.norm(w.astype(np.float64))),
+                mean=float(w.mean()), std=float(w.std(ddof=1)) if w.size > 1 else 0.0,
+                min=float(w.min()), max=float(w.max()),
+                **{f"q{round(100 * a):02d}": float(v) for a, v in zip(QUANTILES, q)})
+
+
 @torch.no_grad()
 def weight_stats(model: torch.nn.Module) -> list[dict]:
     """Per-layer norm, mean, std, min, max and quantiles of every weight matrix/kernel
     (chapter 6 draws their distributions over training from these)."""
-    rows = []
-    for name, p in model.named_parameters():
-        if p.ndim <= 1:
-            continue
-        w = p.detach().float().flatten()
-        q = torch.quantile(w[:1 << 24], torch.tensor(QUANTILES)).tolist()
-        rows.append(dict(layer=name, numel=w.numel(), norm=w.norm().item(),
-                         mean=w.mean().item(), std=w.std().item(),
-                         min=w.min().item(), max=w.max().item(),
-                         **{f"q{round(100 * a):02d}": v for a, v in zip(QUANTILES, q)}))
-    return rows
+    return [array_stats(name, p.detach().float().cpu().numpy())
+            for name, p in model.named_parameters() if p.ndim > 1]
 
 
 @torch.no_grad()
@@ -333,6 +334,18 @@ def probe_indices(y: np.ndarray, n: int = 256) -> np.ndarray:
     return np.array(order[:n], dtype=np.int64)
 
 
+def prepare_data(c: Config, ds: Dataset) -> tuple[Dataset, str]:
+    """The data a run trains and evaluates on, and the evaluation split's name: with
+    ``holdout`` a validation split held out of the training set ("val"), else the
+    test set ("test"); then the config's stratified slices."""
+    ev = "val" if c.holdout else "test"
+    if c.holdout:
+        ds = holdout_split(ds, c.holdout)
+    if c.n_train is not None or c.n_test is not None:
+        ds = subset(ds, c.n_train, c.n_test, seed=c.seed)
+    return ds, ev
+
+
 def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=None,
         callbacks=(), progress: bool | None = None) -> Result:
     """Train ``c`` on ``ds``; return a :class:`Result` (chapter 1, explained in chapter 3).
@@ -349,11 +362,7 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
         torch.backends.cudnn.benchmark = True
 
     fingerprint = ds.fingerprint  # of the whole dataset: it is part of the run's key
-    ev = "val" if c.holdout else "test"  # the split we evaluate on
-    if c.holdout:
-        ds = holdout_split(ds, c.holdout)
-    if c.n_train is not None or c.n_test is not None:
-        ds = subset(ds, c.n_train, c.n_test, seed=c.seed)
+    ds, ev = prepare_data(c, ds)
     dd = DeviceData(ds, dev)
     n = len(dd.y_train)
     # a fixed, class-balanced probe of the evaluation split (some copies sort it by class)
