@@ -184,3 +184,29 @@ def overhead_ratios(df):
     """Median time of each variant divided by the median time without logging."""
     med = df.groupby("variant", sort=False).seconds.median()
     return med / med["no logging"]
+
+
+def framework_speed(ds: Dataset, c, repeats: int = 3, log=print):
+    """Training throughput of ``c`` in PyTorch (:func:`lib.train.fit`) and in Keras
+    (:func:`lib.keras_cnn.fit`), interleaved ``repeats`` times (chapter 7). Each run
+    trains two epochs; images/s is taken from the second, so that Keras's tracing of
+    its train step and PyTorch's first-call allocations are left out. One row per
+    (framework, repeat)."""
+    import pandas as pd
+
+    from .keras_cnn import fit as keras_fit
+
+    trainers = {"PyTorch": lambda cc: fit(cc, ds, progress=False),
+                "Keras": lambda cc: keras_fit(cc, ds)}
+    c = make_config(c, epochs=2, save_weights=False)
+    rows = []
+    for rep in range(repeats):
+        for name, train in trainers.items():
+            res = train(make_config(c, seed=rep))
+            last = res.history[-1]
+            n = res.summary["train_images"] // c.batch_size * c.batch_size
+            rows.append(dict(framework=name, repeat=rep, images_per_s=n / last["train_s"],
+                             epoch_s=last["train_s"], precision=res.summary["amp_dtype"],
+                             load_avg_1min=os.getloadavg()[0], cpus=os.cpu_count()))
+            log(f"{name:8s} repeat {rep}: {rows[-1]['images_per_s']:7.0f} images/s")
+    return pd.DataFrame(rows)

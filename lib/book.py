@@ -142,6 +142,12 @@ def ch07_configs(budget: str) -> list[Config]:
     return ch03_configs(budget)["cnn"]
 
 
+def ch07_speed_config(budget: str) -> Config:
+    """What chapter 7's throughput benchmark trains in each framework (two epochs)."""
+    return make_config(ch03_cnn_config(budget),
+                       n_train={"smoke": None, "cpu": 5_000, "gpu": 20_000}[budget])
+
+
 def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
     """One chapter-3 CNN run (the ``ch03-cnn`` preset of ``python -m lib train``)."""
     return make_config(ch03_configs(budget)["cnn"][0], seed=seed)

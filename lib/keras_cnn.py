@@ -299,7 +299,8 @@ def _Stats(res: Result, ev: str):
 
         def on_test_begin(self, logs=None):
             self.t1 = time.perf_counter()
-            self.train_time += self.t1 - self.t0
+            self.epoch_train_s = self.t1 - self.t0
+            self.train_time += self.epoch_train_s
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -307,14 +308,16 @@ def _Stats(res: Result, ev: str):
             if "val_accuracy" in logs:
                 self.eval_time += now - self.t1
             else:  # stopped before validation (NaN)
-                self.train_time += now - self.t0
+                self.epoch_train_s = now - self.t0
+                self.train_time += self.epoch_train_s
             lr = self.model.optimizer.learning_rate
             res.history.append({
                 "epoch": epoch + 1, "train_loss": float(logs.get("ce", np.nan)),
                 "train_acc": float(logs.get("accuracy", np.nan)),
                 f"{ev}_loss": float(logs.get("val_ce", np.nan)),
                 f"{ev}_acc": float(logs.get("val_accuracy", np.nan)),
-                "lr": float(lr.numpy() if hasattr(lr, "numpy") else lr), "time": now})
+                "lr": float(lr.numpy() if hasattr(lr, "numpy") else lr), "time": now,
+                "train_s": self.epoch_train_s})
             res.weights += [dict(epoch=epoch + 1, **r) for r in weight_stats(self.model)]
 
     return Stats()

@@ -421,14 +421,15 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
                 break
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        train_time += time.perf_counter() - t0
+        epoch_train_s = time.perf_counter() - t0
+        train_time += epoch_train_s
         t1 = time.perf_counter()
         test_loss, test_acc, logits = evaluate(fwd, dd, c, amp_dtype)
         eval_time += time.perf_counter() - t1
         row = {"epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1),
                "train_acc": correct.item() / max(seen, 1), f"{ev}_loss": test_loss,
                f"{ev}_acc": test_acc, "lr": opt.param_groups[0]["lr"],
-               "time": time.perf_counter() - t_start}
+               "time": time.perf_counter() - t_start, "train_s": epoch_train_s}
         res.history.append(row)
         res.weights += [dict(epoch=epoch, **r) for r in weight_stats(model)]
         res.activations += [dict(epoch=epoch, **r)
