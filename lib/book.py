@@ -148,6 +148,19 @@ def ch07_speed_config(budget: str) -> Config:
                        n_train={"smoke": None, "cpu": 5_000, "gpu": 20_000}[budget])
 
 
+def ch07_speed(data: Dataset, budget: str, runs_dir=None, repeats: int = 3):
+    """Chapter 7's throughput benchmark (:func:`lib.bench.framework_speed`), computed
+    once per config and data and cached in ``runs/ch07/``."""
+    from .bench import framework_speed
+    from .runs import cached
+    from .train import config_dict
+
+    c = ch07_speed_config(budget)
+    return cached("ch07", "framework-speed", data,
+                  lambda: framework_speed(data, c, repeats=repeats), runs_dir,
+                  params=dict(config=config_dict(c), repeats=repeats))
+
+
 def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
     """One chapter-3 CNN run (the ``ch03-cnn`` preset of ``python -m lib train``)."""
     return make_config(ch03_configs(budget)["cnn"][0], seed=seed)
