@@ -166,6 +166,29 @@ def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
     return make_config(ch03_configs(budget)["cnn"][0], seed=seed)
 
 
+def code_lines(*objs) -> int:
+    """Lines of code in functions/classes: blank lines, comments and docstrings not
+    counted (chapter 7 compares the two frameworks' code with it)."""
+    import ast
+    import inspect
+    import textwrap
+
+    total = 0
+    for o in objs:
+        src = textwrap.dedent(inspect.getsource(o))
+        doc = set()
+        for node in ast.walk(ast.parse(src)):
+            body = getattr(node, "body", None)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and \
+                    body and isinstance(body[0], ast.Expr) and \
+                    isinstance(getattr(body[0], "value", None), ast.Constant) and \
+                    isinstance(body[0].value.value, str):
+                doc.update(range(body[0].lineno, body[0].end_lineno + 1))
+        total += sum(1 for i, ln in enumerate(src.splitlines(), 1)
+                     if ln.strip() and not ln.strip().startswith("#") and i not in doc)
+    return total
+
+
 # --------------------------------------------------------------------------
 # provenance
 # --------------------------------------------------------------------------

@@ -121,6 +121,40 @@ def count_params(model) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_weights))
 
 
+def from_torch(model, torch_model) -> None:
+    """Copy a trained :class:`lib.models.CNN`'s weights into the Keras ``model`` of the
+    same config (chapter 7: the same weights give the same predictions). Conv kernels
+    go from (out, in, h, w) to (h, w, in, out), dense ones are transposed."""
+    from torch import nn
+
+    _, keras = _import()
+    L = keras.layers
+    src = [m for m in torch_model.modules()
+           if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    dst = [la for la in model.layers
+           if isinstance(la, (L.Conv2D, L.BatchNormalization, L.Dense))]
+    def kind(x):
+        return ("conv" if isinstance(x, (nn.Conv2d, L.Conv2D)) else
+                "bn" if isinstance(x, (nn.BatchNorm2d, L.BatchNormalization)) else "dense")
+
+    if [kind(m) + str(tuple(m.weight.shape)[:1]) for m in src] != \
+            [kind(la) + str(tuple(la.get_weights()[0].shape)[-1:]) for la in dst]:
+        raise ConfigError("from_torch: the two models have different layer sequences")
+
+    def np_(t):
+        return t.detach().cpu().float().numpy()
+
+    for m, la in zip(src, dst):
+        if isinstance(m, nn.Conv2d):
+            w = [np_(m.weight).transpose(2, 3, 1, 0)]
+            la.set_weights(w + ([np_(m.bias)] if m.bias is not None else []))
+        elif isinstance(m, nn.BatchNorm2d):
+            la.set_weights([np_(m.weight), np_(m.bias), np_(m.running_mean),
+                            np_(m.running_var)])
+        else:
+            la.set_weights([np_(m.weight).T, np_(m.bias)])
+
+
 def lr_schedule(peak: float, total: int, schedule: str, warmup: float):
     """:func:`lib.train.lr_factor` times ``peak`` as a Keras schedule of the step."""
     tf, keras = _import()
@@ -214,6 +248,7 @@ def fit(c: Config, ds: Dataset, log_dir=None, progress: bool = False) -> Result:
     steps = max(1, n // c.batch_size)
     if c.label_smoothing:
         raise ConfigError("lib.keras_cnn: label smoothing needs one-hot labels; not supported")
+    # [compile-fit]
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=make_optimizer(c, steps * c.epochs), loss=loss,
                   metrics=["accuracy",
@@ -229,6 +264,7 @@ def fit(c: Config, ds: Dataset, log_dir=None, progress: bool = False) -> Result:
     t_start = time.perf_counter()
     model.fit(train, epochs=c.epochs, validation_data=test, callbacks=callbacks, shuffle=False,
               verbose=1 if progress else 0)
+    # [/compile-fit]
     for row in res.history:
         row["time"] -= t_start
     logits = model.predict(test, verbose=0).astype(np.float32)

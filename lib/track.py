@@ -207,7 +207,9 @@ def _wandb_run(run_dir: Path, name: str):
 
 
 def read_scalars(log_dir: str | Path, warn=None):
-    """All scalars of a run's event files as a long pandas DataFrame (tag, step, value).
+    """All scalars of a run's event files as a long pandas DataFrame (run, tag, step,
+    value); ``run`` is the event file's folder below ``log_dir`` ("." for files in it;
+    Keras's callback writes "train" and "validation", chapter 7).
 
     A corrupt or truncated event file is skipped with a warning naming it (chapter 4).
     """
@@ -221,23 +223,24 @@ def read_scalars(log_dir: str | Path, warn=None):
         if bad:
             warn(f"skipped unreadable TensorBoard event file {f} ({bad})")
             continue
-        got = []
+        got, sub = [], f.parent.relative_to(log_dir).as_posix()
         try:
             for ev in EventFileLoader(str(f)).Load():
                 for v in ev.summary.value:
                     if v.HasField("simple_value"):
-                        got.append(dict(tag=v.tag, step=ev.step, value=v.simple_value))
+                        got.append(dict(run=sub, tag=v.tag, step=ev.step,
+                                        value=v.simple_value))
                     elif v.HasField("tensor") and v.metadata.plugin_data.plugin_name == \
                             "scalars":
                         from tensorboard.util import tensor_util
 
-                        got.append(dict(tag=v.tag, step=ev.step,
+                        got.append(dict(run=sub, tag=v.tag, step=ev.step,
                                         value=float(tensor_util.make_ndarray(v.tensor))))
         except Exception as e:  # noqa: BLE001 - corrupt files raise many kinds
             warn(f"skipped unreadable TensorBoard event file {f} ({type(e).__name__}: {e})")
             continue
         rows += got
-    return pd.DataFrame(rows, columns=["tag", "step", "value"])
+    return pd.DataFrame(rows, columns=["run", "tag", "step", "value"])
 
 
 def _record_problem(path: Path) -> str | None:
