@@ -188,25 +188,62 @@ def overhead_ratios(df):
 
 def framework_speed(ds: Dataset, c, repeats: int = 3, log=print):
     """Training throughput of ``c`` in PyTorch (:func:`lib.train.fit`) and in Keras
-    (:func:`lib.keras_cnn.fit`), interleaved ``repeats`` times (chapter 7). Each run
-    trains two epochs; images/s is taken from the second, so that Keras's tracing of
-    its train step and PyTorch's first-call allocations are left out. One row per
-    (framework, repeat)."""
+    (:func:`lib.keras_cnn.fit`), alternated ``repeats`` times (chapter 7). Each run is
+    a fresh Python process: once TensorFlow has run, its idle thread pools slow
+    PyTorch in the same process about fourfold (measured here), which would make any
+    in-process race unfair. Each run trains two epochs; images/s is taken from the
+    second, leaving out Keras's tracing of its train step and PyTorch's first
+    allocations. One row per (framework, repeat)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
     import pandas as pd
 
-    from .keras_cnn import fit as keras_fit
+    from .data import REPO_ROOT, write_npz
+    from .train import config_dict
 
-    trainers = {"PyTorch": lambda cc: fit(cc, ds, progress=False),
-                "Keras": lambda cc: keras_fit(cc, ds)}
     c = make_config(c, epochs=2, save_weights=False)
+    small = subset(ds, c.n_train, min(len(ds.y_test), 1000), seed=0)
+    c = make_config(c, n_train=None, n_test=None)
     rows = []
-    for rep in range(repeats):
-        for name, train in trainers.items():
-            res = train(make_config(c, seed=rep))
-            last = res.history[-1]
-            n = res.summary["train_images"] // c.batch_size * c.batch_size
-            rows.append(dict(framework=name, repeat=rep, images_per_s=n / last["train_s"],
-                             epoch_s=last["train_s"], precision=res.summary["amp_dtype"],
-                             load_avg_1min=os.getloadavg()[0], cpus=os.cpu_count()))
-            log(f"{name:8s} repeat {rep}: {rows[-1]['images_per_s']:7.0f} images/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "data.npz"
+        write_npz(small, npz)
+        for rep in range(repeats):
+            for name in ("PyTorch", "Keras"):
+                cfg = json.dumps(config_dict(make_config(c, seed=rep)))
+                code = (f"import json; from lib.bench import _speed_child; "
+                        f"print(json.dumps(_speed_child({str(npz)!r}, {cfg!r}, {name!r})))")
+                env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                     text=True, env=env, cwd=tmp)
+                if out.returncode != 0:
+                    raise RuntimeError(f"{name} benchmark run failed: {out.stderr[-800:]}")
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(dict(framework=name, repeat=rep, **row,
+                                 load_avg_1min=os.getloadavg()[0], cpus=os.cpu_count()))
+                log(f"{name:8s} repeat {rep}: {row['images_per_s']:7.0f} images/s")
     return pd.DataFrame(rows)
+
+
+def _speed_child(npz: str, config_json: str, framework: str) -> dict:
+    """One run of :func:`framework_speed`, in its own process."""
+    import json
+
+    from .data import read_npz
+    from .train import config_from_dict
+
+    ds = read_npz(Path(npz), full=False)
+    c = config_from_dict(json.loads(config_json))
+    if framework == "Keras":
+        from .keras_cnn import fit as keras_fit
+
+        res = keras_fit(c, ds)
+    else:
+        res = fit(c, ds, progress=False)
+    last = res.history[-1]
+    n = res.summary["train_images"] // c.batch_size * c.batch_size
+    return dict(images_per_s=n / last["train_s"], epoch_s=last["train_s"],
+                precision=res.summary["amp_dtype"])

@@ -157,7 +157,8 @@ def ch07_speed(data: Dataset, budget: str, runs_dir=None, repeats: int = 3):
 
     c = ch07_speed_config(budget)
     return cached("ch07", "framework-speed", data,
-                  lambda: framework_speed(data, c, repeats=repeats), runs_dir,
+                  lambda: framework_speed(data, c, repeats=repeats, log=lambda m: None),
+                  runs_dir,
                   params=dict(config=config_dict(c), repeats=repeats))
 
 

@@ -155,6 +155,33 @@ def from_torch(model, torch_model) -> None:
             la.set_weights([np_(m.weight).T, np_(m.bias)])
 
 
+def same_weights_check(torch_model, m: ModelConfig, ds: Dataset, batch: int = 1000):
+    """Copy ``torch_model``'s weights into a new Keras model of config ``m`` and run
+    both on ``ds``'s test set: a one-row DataFrame with the share of images on which
+    they predict the same class, the largest logit difference and both accuracies
+    (chapter 7)."""
+    import pandas as pd
+    import torch
+
+    from .train import to_input
+
+    km = build_model(m)
+    from_torch(km, torch_model)
+    torch_model = torch_model.eval().float()
+    lt, lk = [], []
+    with torch.no_grad():
+        for i in range(0, len(ds.y_test), batch):
+            x = to_input(ds, ds.x_test[i:i + batch])
+            lt.append(torch_model(x).numpy())
+            lk.append(np.asarray(km(x.permute(0, 2, 3, 1).numpy(), training=False)))
+    lt, lk = np.concatenate(lt), np.concatenate(lk)
+    return pd.DataFrame([dict(
+        images=len(lt), same_prediction=float(np.mean(lt.argmax(1) == lk.argmax(1))),
+        max_abs_logit_diff=float(np.abs(lt - lk).max()),
+        torch_acc=float(np.mean(lt.argmax(1) == ds.y_test)),
+        keras_acc=float(np.mean(lk.argmax(1) == ds.y_test)))])
+
+
 def lr_schedule(peak: float, total: int, schedule: str, warmup: float):
     """:func:`lib.train.lr_factor` times ``peak`` as a Keras schedule of the step."""
     tf, keras = _import()
