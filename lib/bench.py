@@ -189,9 +189,9 @@ def overhead_ratios(df):
 def framework_speed(ds: Dataset, c, repeats: int = 3, log=print):
     """Training throughput of ``c`` in PyTorch (:func:`lib.train.fit`) and in Keras
     (:func:`lib.keras_cnn.fit`), alternated ``repeats`` times (chapter 7). Each run is
-    a fresh Python process: once TensorFlow has run, its idle thread pools slow
-    PyTorch in the same process about fourfold (measured here), which would make any
-    in-process race unfair. Each run trains two epochs; images/s is taken from the
+    a fresh Python process, so that neither framework runs beside the other's runtime
+    (TensorFlow's thread pools and its own oneDNN stay loaded once it has run). Each
+    run trains two epochs; images/s is taken from the
     second, leaving out Keras's tracing of its train step and PyTorch's first
     allocations. One row per (framework, repeat)."""
     import json

@@ -148,7 +148,7 @@ def ch07_speed_config(budget: str) -> Config:
                        n_train={"smoke": None, "cpu": 5_000, "gpu": 20_000}[budget])
 
 
-def ch07_speed(data: Dataset, budget: str, runs_dir=None, repeats: int = 3):
+def ch07_speed(data: Dataset, budget: str, runs_dir=None, repeats: int | None = None):
     """Chapter 7's throughput benchmark (:func:`lib.bench.framework_speed`), computed
     once per config and data and cached in ``runs/ch07/``."""
     from .bench import framework_speed
@@ -156,6 +156,7 @@ def ch07_speed(data: Dataset, budget: str, runs_dir=None, repeats: int = 3):
     from .train import config_dict
 
     c = ch07_speed_config(budget)
+    repeats = repeats or {"smoke": 1, "cpu": 3, "gpu": 3}[budget]
     return cached("ch07", "framework-speed", data,
                   lambda: framework_speed(data, c, repeats=repeats, log=lambda m: None),
                   runs_dir,
