@@ -285,17 +285,15 @@ def per_class_bars(acc: pd.DataFrame):
 # --------------------------------------------------------------------------
 # chapter 5: the search
 # --------------------------------------------------------------------------
-def _trained(df: pd.DataFrame) -> pd.DataFrame:
-    d = df[df.state.isin(["COMPLETE", "PRUNED"]) & (df.epochs_run > 0)]
-    if "duplicate_of" in d:
-        d = d[d.duplicate_of.isna()]
-    return d.sort_values("number").assign(epochs_spent=lambda x: x.epochs_run.cumsum())
+def _in_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Trained trials (``lib.search.trained_frame``) in order, with the epochs spent so far."""
+    return df.sort_values("number").assign(epochs_spent=lambda x: x.epochs_run.cumsum())
 
 
 def search_history(df: pd.DataFrame, title: str = ""):
     """Validation accuracy of every trained trial (at the epoch it stopped) and the best
     full-budget trial so far, against trial number and against epochs spent."""
-    d = _trained(df)
+    d = _in_order(df)
     full = d.state == "COMPLETE"
     best = d.value.where(full).cummax()
     fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.4), sharey=True)
@@ -319,7 +317,7 @@ def pruning_compare(frames: dict):
     study (chapter 5's paired study: the same configs with and without pruning)."""
     fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2))
     for name, df in frames.items():
-        d = _trained(df)
+        d = _in_order(df)
         best = d.value.where(d.state == "COMPLETE").cummax()
         ax.plot(d.epochs_spent, best, drawstyle="steps-post", lw=2, label=name, marker="o",
                 ms=3)
