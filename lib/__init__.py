@@ -21,3 +21,29 @@ def _load_triton_before_tensorflow() -> None:
 
 
 _load_triton_before_tensorflow()
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow, if installed, with the process's stderr silenced: its C++
+    start-up lines (oneDNN, CPU instructions, absl) cannot be turned off by any setting
+    and would land in chapter pages. TensorBoard imports TensorFlow where it is
+    installed, so :mod:`lib.track` calls this before using TensorBoard. Returns the
+    module, or None when TensorFlow is not installed; an ImportError still raises."""
+    import importlib.util
+    import os
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    if not importlib.util.find_spec("tensorflow"):
+        return None
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    return tensorflow

@@ -330,6 +330,40 @@ def interaction_check(df: pd.DataFrame, knob: str, other: str, decoupled: str,
                 r2_coupled=r_coupled, r2_decoupled=r_decoupled)
 
 
+def interaction_verdict(ic: dict, margin: float = 0.05) -> str:
+    """One sentence on what :func:`interaction_check` found (chapter 6)."""
+    c, d = ic["r2_coupled"], ic["r2_decoupled"]
+    if d > c + margin:
+        return (f"Decoupled, the additive model explains more (R² {d:.2f} against {c:.2f}): "
+                "the interaction is largely an artefact of how the knobs are defined, and "
+                "in the decoupled coordinates they act nearly independently.")
+    if c > d + margin:
+        return (f"Decoupling makes the additive model worse (R² {d:.2f} against {c:.2f}): "
+                "the coordinates we searched in are already the more independent ones.")
+    return (f"Both parametrisations fit about equally well (R² {c:.2f} and {d:.2f}): this "
+            "data cannot tell whether the interaction is real or an artefact.")
+
+
+def line_summary(line: pd.DataFrame) -> dict:
+    """Loss along a straight line in weight space (:func:`interpolate`): the barrier
+    (highest loss above the worse end), accuracy halfway and at the ends, and the share
+    of steps along which the loss does not rise (1: monotone descent or flat)."""
+    ends = max(line.loss.iloc[0], line.loss.iloc[-1])
+    return dict(barrier=float(line.loss.max() - ends),
+                mid_acc=float(line.acc.iloc[len(line) // 2]),
+                end_acc=float((line.acc.iloc[0] + line.acc.iloc[-1]) / 2),
+                monotone=float((np.diff(line.loss.to_numpy()) <= 1e-3).mean()))
+
+
+def spread_growth(weights: pd.DataFrame) -> pd.Series:
+    """Per layer, the interquartile range of its weights at the last epoch divided by
+    the one at initialisation (epoch 0): how much training widened (> 1) or narrowed
+    (< 1) each layer's weight distribution (chapter 6)."""
+    iqr = weights.assign(iqr=weights.q75 - weights.q25)
+    first = iqr[iqr.epoch == iqr.epoch.min()].set_index("layer").iqr
+    last = iqr[iqr.epoch == iqr.epoch.max()].set_index("layer").iqr
+    return (last / first).reindex(first.index).rename("iqr growth")
+
 
 def trial_kind(df: pd.DataFrame, chance: float = 0.2) -> pd.Series:
     """"diverged" (non-finite loss), "stuck" (validation accuracy below ``chance`` at the

@@ -46,8 +46,12 @@ def _import():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")      # no C++ info/warning banners
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
+        from . import import_tensorflow_quietly
+
+        tf = import_tensorflow_quietly()
+        if tf is None:
+            raise ImportError("No module named 'tensorflow'")
         import keras
-        import tensorflow as tf
     except ImportError as e:
         raise KerasUnavailable(
             f"TensorFlow/Keras is not importable ({e}); install it with "

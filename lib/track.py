@@ -62,6 +62,9 @@ class Tracker:
     def __init__(self, log_dir: str | Path, histograms: bool = True, hist_every: int = 1,
                  bins: int = 64, graph: bool = False, predictions: int = 0,
                  wandb: bool = False, run_name: str | None = None):
+        from . import import_tensorflow_quietly
+
+        import_tensorflow_quietly()  # TensorBoard imports it where installed; keep it quiet
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(log_dir)
@@ -216,6 +219,10 @@ def read_scalars(log_dir: str | Path, warn=None):
     import pandas as pd
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+    from . import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+
     warn = warn or (lambda msg: warnings.warn(msg, stacklevel=2))
     rows = []
     for f in sorted(Path(log_dir).glob("**/events.out.tfevents.*")):
@@ -266,6 +273,10 @@ def event_summary(log_dir: str | Path):
     """What a run's TensorBoard event files hold: tags and events per kind (chapter 4)."""
     import pandas as pd
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from . import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0,
                                                         "images": 0, "tensors": 0})

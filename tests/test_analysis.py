@@ -87,3 +87,25 @@ def test_cached_computes_once(tmp_path, synth):
     arr = runs.cached("g", "arr", synth, lambda: np.arange(3), tmp_path)
     assert arr.tolist() == [0, 1, 2]
     assert not [p for p in (tmp_path / "g").iterdir() if ".tmp" in p.name]
+
+
+def test_interaction_verdict_names_the_better_parametrisation():
+    from lib.analysis import interaction_verdict
+
+    assert "artefact" in interaction_verdict(dict(r2_coupled=0.5, r2_decoupled=0.8))
+    assert "already" in interaction_verdict(dict(r2_coupled=0.8, r2_decoupled=0.5))
+    assert "cannot tell" in interaction_verdict(dict(r2_coupled=0.7, r2_decoupled=0.72))
+
+
+def test_line_summary_and_spread_growth():
+    import pandas as pd
+
+    from lib.analysis import line_summary, spread_growth
+
+    line = pd.DataFrame(dict(alpha=[0, 0.5, 1], loss=[0.5, 2.0, 0.7], acc=[0.8, 0.3, 0.78]))
+    s = line_summary(line)
+    assert abs(s["barrier"] - 1.3) < 1e-9 and s["mid_acc"] == 0.3
+    assert abs(s["end_acc"] - 0.79) < 1e-9 and s["monotone"] == 0.5
+    w = pd.DataFrame(dict(epoch=[0, 0, 3, 3], layer=["a", "b", "a", "b"],
+                          q25=[-1, -1, -2, -0.5], q75=[1, 1, 2, 0.5]))
+    assert spread_growth(w).to_dict() == {"a": 2.0, "b": 0.5}
