@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install book html pdf test lint bench sweep clean
 BUDGET ?= cpu
-STUDIES ?= main grid-lr-bs pair-pruned pair-full
+STUDIES ?= main grid-lr-bs pair-pruned pair-sha pair-full
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

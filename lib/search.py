@@ -201,6 +201,8 @@ def studies(budget: str = "cpu") -> dict[str, StudySpec]:
                   about="every learning rate x batch size pair, the chapter-3 CNN"),
         StudySpec("pair-pruned", MAIN_SPACE, pair_base, "random", "hyperband", pair_n, small,
                   seed=1, max_macs=cap, about="random configs, Hyperband"),
+        StudySpec("pair-sha", MAIN_SPACE, pair_base, "random", "sha", pair_n, small,
+                  seed=1, max_macs=cap, about="the same random configs, successive halving"),
         StudySpec("pair-full", MAIN_SPACE, pair_base, "random", "none", pair_n, small,
                   seed=1, max_macs=cap, about="the same random configs, no pruning"),
     ]
