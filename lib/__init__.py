@@ -23,12 +23,13 @@ def _load_triton_before_tensorflow() -> None:
 _load_triton_before_tensorflow()
 
 
-def import_tensorflow_quietly():
+def import_tensorflow_quietly(required: bool = False):
     """Import TensorFlow, if installed, with the process's stderr silenced: its C++
     start-up lines (oneDNN, CPU instructions, absl) cannot be turned off by any setting
     and would land in chapter pages. TensorBoard imports TensorFlow where it is
     installed, so :mod:`lib.track` calls this before using TensorBoard. Returns the
-    module, or None when TensorFlow is not installed; an ImportError still raises."""
+    module, or None when TensorFlow is not installed or does not import (then
+    TensorBoard uses its own stub); with ``required`` an ImportError raises."""
     import importlib.util
     import os
     import sys
@@ -42,6 +43,10 @@ def import_tensorflow_quietly():
     os.dup2(null, 2)
     try:
         import tensorflow
+    except ImportError:
+        if required:
+            raise
+        return None
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -374,7 +374,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("sweep", help="run or resume a hyperparameter study (chapter 5)")
     common(q)
     q.add_argument("--study", default="main",
-                   help="main, grid-lr-bs, pair-pruned, pair-sha, pair-full, or a new name with --space")
+                   help="main, grid-lr-bs, pair-pruned, pair-sha, pair-full, "
+                        "or a new name with --space")
     q.add_argument("--space", default=None,
                    help="YAML file: name -> list of choices or {low, high, log}")
     q.add_argument("--n-trials", type=int, default=None, help="trained trials in total")

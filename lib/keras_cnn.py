@@ -48,7 +48,7 @@ def _import():
     try:
         from . import import_tensorflow_quietly
 
-        tf = import_tensorflow_quietly()
+        tf = import_tensorflow_quietly(required=True)
         if tf is None:
             raise ImportError("No module named 'tensorflow'")
         import keras

@@ -148,3 +148,27 @@ def test_tensorflow_then_torch_optimiser_does_not_crash():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=180)
     assert out.returncode == 0 and "ok" in out.stdout, (out.returncode, out.stderr[-1500:])
+
+
+def test_chapter_7_without_tensorflow_says_so_in_one_line(tmp_path, monkeypatch):
+    """With TensorFlow not importable, chapter 7 still executes: its first output is one
+    line naming the problem and the install, and no cell fails."""
+    import nbformat
+
+    from lib import cli
+    from tests.conftest import copy_book
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "tensorflow.py").write_text("raise ImportError('No module named tensorflow')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    (tmp_path / "book_copy").mkdir()
+    root = copy_book(tmp_path / "book_copy")
+    nb = root / "book" / "07_keras.ipynb"
+    cli.execute(nb, budget="smoke", runs_dir=str(root / "runs"))
+    cells = nbformat.read(nb, as_version=4).cells
+    outs = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outs if o.output_type == "error"]
+    md = [o.data["text/markdown"] for o in outs if "text/markdown" in o.get("data", {})]
+    assert md[0].startswith("**TensorFlow is not available") and "pip install" in md[0]
+    assert "\n" not in md[0]
