@@ -168,6 +168,22 @@ def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
     return make_config(ch03_configs(budget)["cnn"][0], seed=seed)
 
 
+def versus_ch3(ch3_acc: float, ch3_epochs: int, found: dict) -> str:
+    """Chapter 5's verdict on the search against chapter 3's hand-picked CNN, worded by
+    the numbers: ``found`` maps epochs -> the re-trained config's mean test accuracy."""
+    parts = []
+    for e, acc in sorted(found.items()):
+        d = acc - ch3_acc
+        verdict = (f"beats it by {d:.2%}" if d > 0 else f"falls short of it by {-d:.2%}"
+                   if d < 0 else "ties it")
+        cmp = ("fewer than" if e < ch3_epochs else "more than" if e > ch3_epochs
+               else "as many as")
+        parts.append(f"at {e} epochs ({cmp} its {ch3_epochs}) the search's choice "
+                     f"{verdict}")
+    return (f"Chapter 3's hand-picked CNN scored {ch3_acc:.2%} on the same test set with "
+            f"{ch3_epochs} epochs; " + "; ".join(parts) + ".")
+
+
 def code_lines(*objs) -> int:
     """Lines of code in functions/classes: blank lines, comments and docstrings not
     counted (chapter 7 compares the two frameworks' code with it)."""

@@ -73,3 +73,14 @@ def test_staleness(smoke_book, tmp_path):
     book.metadata.pop(cli.META)
     nbformat.write(book, fresh)
     assert cli.staleness(fresh, params) == ["not executed by `python -m lib book` yet"]
+
+
+def test_versus_ch3_words_follow_the_numbers():
+    from lib.book import versus_ch3
+
+    t = versus_ch3(0.85, 20, {15: 0.84, 30: 0.87})
+    assert "85.00%" in t and "with 20 epochs" in t
+    assert "at 15 epochs (fewer than its 20) the search's choice falls short of it by 1.00%" in t
+    assert "at 30 epochs (more than its 20) the search's choice beats it by 2.00%" in t
+    tie = versus_ch3(0.8, 20, {20: 0.8})
+    assert "(as many than" not in tie and "the search's choice ties it." in tie

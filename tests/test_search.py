@@ -170,3 +170,28 @@ def test_sigkill_mid_sweep_then_rerun_resumes(tmp_path):
     assert all((tmp_path / "search" / "main" / k / "summary.json").is_file()
                for k in trained.key)
     assert not list((tmp_path / runs.TMP).iterdir())
+
+
+def test_retrain_top_configs_on_test_set_then_cache_hit(tmp_path):
+    from lib.data import synthetic
+
+    search.run_study(spec("r", pruner="none", n_trials=3), runs_dir=tmp_path, synthetic=True,
+                     log=lambda *a: None)
+    ds = synthetic(256, 128)
+    rt = search.retrain("r", "smoke", ds, k=2, runs_dir=tmp_path, log=lambda *a: None,
+                        epochs=1)
+    seeds = search.RETRAIN_SEEDS["smoke"]
+    assert len(rt) == 2 * seeds and rt["rank"].tolist() == [1] * seeds + [2] * seeds
+    assert rt.trial.nunique() == 2 and rt.key.nunique() == 2 * seeds
+    assert (rt.epochs == 1).all() and rt.test_acc.between(0, 1).all()
+    for r in rt.run:  # whole training set, scored on the test set
+        assert r.summary["eval_split"] == "test" and r.config.holdout == 0
+        assert r.path.parent.name == "search-best"
+    # ranks follow the search's validation accuracy
+    assert rt.groupby("rank").val_acc.first().is_monotonic_decreasing
+    # a second call reads the cache: nothing trains
+    again = search.retrain("r", "smoke", ds, k=2, runs_dir=tmp_path, train=False,
+                           log=lambda *a: None, epochs=1)
+    assert again.key.tolist() == rt.key.tolist()
+    with pytest.raises(search.SearchError, match="positive number of epochs"):
+        search.retrain("r", "smoke", ds, k=1, runs_dir=tmp_path, epochs=-1)
