@@ -33,8 +33,11 @@ test: $(STAMP)  ## lint, then the test suite
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-sweep: $(STAMP)  ## run (or resume) the book's hyperparameter studies into runs/search/
+sweep: $(STAMP)  ## run (or resume) the book's studies into runs/search/, then chapter 5's re-training
 	for s in $(STUDIES); do $(PY) -m lib sweep --study $$s --budget $(BUDGET) || exit 1; done
+	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 3
+	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 1 \
+	  --epochs $$($(PY) -c 'from lib import search; print(search.RETRAIN_LONG_EPOCHS["$(BUDGET)"])')
 
 bench: $(STAMP)  ## training throughput: ours vs the textbook pipeline
 	$(PY) -m lib bench --check-precision
