@@ -9,8 +9,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 WIDTH = 8.0  # inches: the book's text column at 100 dpi
+
+
+def _plain_log(ax, axis: str = "y") -> None:
+    """Plain numbers (20, not 2x10^1) on a log axis, labels on major ticks only."""
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.set_minor_formatter(NullFormatter())
+
+
+def _integer_epochs(ax) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def style() -> None:
@@ -250,6 +262,8 @@ def curves_compare(histories: dict):
                 ax.fill_between(m.index, m["min"], m["max"], color=palette[name], alpha=0.2)
     axes[0].set(xlabel="epoch", ylabel="cross-entropy loss (nats)", title="loss")
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in axes:
+        _integer_epochs(ax)
     axes[1].legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
@@ -290,12 +304,17 @@ def _in_order(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values("number").assign(epochs_spent=lambda x: x.epochs_run.cumsum())
 
 
+def _best_so_far(d: pd.DataFrame) -> pd.Series:
+    """The best full-budget value up to each trial (held through pruned trials)."""
+    return d.value.where(d.state == "COMPLETE").cummax().ffill()
+
+
 def search_history(df: pd.DataFrame, title: str = ""):
     """Validation accuracy of every trained trial (at the epoch it stopped) and the best
     full-budget trial so far, against trial number and against epochs spent."""
     d = _in_order(df)
     full = d.state == "COMPLETE"
-    best = d.value.where(full).cummax()
+    best = _best_so_far(d)
     fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.4), sharey=True)
     for ax, x, label in ((axes[0], "number", "trial"), (axes[1], "epochs_spent",
                                                          "epochs spent (cumulative)")):
@@ -318,7 +337,7 @@ def pruning_compare(frames: dict):
     fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2))
     for name, df in frames.items():
         d = _in_order(df)
-        best = d.value.where(d.state == "COMPLETE").cummax()
+        best = _best_so_far(d)
         ax.plot(d.epochs_spent, best, drawstyle="steps-post", lw=2, label=name, marker="o",
                 ms=3)
     ax.set_xlabel("epochs spent (cumulative)")
@@ -398,6 +417,10 @@ def slices(df: pd.DataFrame, params: list[str], ncols: int = 4):
             ax.scatter(x, d.value, s=10, color=color, alpha=0.7)
         if p.removeprefix("model.") in LOG_PARAMS:
             ax.set_xscale("log")
+            vals = np.sort(df[p].dropna().unique())
+            if len(vals) <= 6:  # a few powers of two (batch size): label each one
+                ax.set_xticks(vals, [f"{v:g}" for v in vals])
+                ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(p.removeprefix("model."), fontsize=9)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(params):]:
@@ -416,10 +439,11 @@ def _tick_labels(vals, name):
 
 def pd_heatmaps(pds: list[dict]):
     """2-D partial dependence maps of a surrogate, one per pair, titled with H^2."""
-    fig, axes = plt.subplots(1, len(pds), figsize=(WIDTH, 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(pds), figsize=(WIDTH, 3.4), squeeze=False,
+                             layout="constrained")
     for ax, p in zip(axes[0], pds):
         im = ax.imshow(p["pd"].T, origin="lower", aspect="auto", cmap="viridis")
-        ia = np.linspace(0, len(p["grid_a"]) - 1, min(5, len(p["grid_a"]))).round().astype(int)
+        ia = np.linspace(0, len(p["grid_a"]) - 1, min(3, len(p["grid_a"]))).round().astype(int)
         ib = np.linspace(0, len(p["grid_b"]) - 1, min(5, len(p["grid_b"]))).round().astype(int)
         ax.set_xticks(ia, _tick_labels(p["grid_a"][ia], p["a"]), fontsize=8)
         ax.set_yticks(ib, _tick_labels(p["grid_b"][ib], p["b"]), fontsize=8)
@@ -427,8 +451,10 @@ def pd_heatmaps(pds: list[dict]):
         ax.set_ylabel(p["b"].removeprefix("log10_"))
         ax.set_title(f"H² = {p['h2']:.2f}", fontsize=10)
         ax.grid(False)
-        fig.colorbar(im, ax=ax, shrink=0.8, label="predicted val. acc.")
-    fig.tight_layout()
+        cb = fig.colorbar(im, ax=ax, shrink=0.8, format="{x:.2f}")
+        cb.ax.tick_params(labelsize=8)
+    fig.suptitle("the surrogate's predicted validation accuracy (partial dependence)",
+                 fontsize=10)
     return fig
 
 
@@ -462,7 +488,9 @@ def kind_curves(curves: dict, y: str = "val_acc"):
             ax.plot(m.epoch, m[y], color=colors.get(kind, "gray"), alpha=0.5, lw=1,
                     label=kind if i == 0 else None)
     ax.axhline(0.1, ls=":", color="gray", lw=1)
-    ax.text(1, 0.11, "chance", fontsize=8, color="gray")
+    ax.text(1.0, 0.11, "chance", fontsize=8, color="gray", ha="right",
+            transform=ax.get_yaxis_transform())
+    _integer_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=8)
@@ -494,6 +522,8 @@ def norms_over_training(weights: dict):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_yscale("log")
+        _plain_log(ax)
+        _integer_epochs(ax)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("weight norm (L2)")
     fig.tight_layout()
@@ -511,6 +541,7 @@ def weight_quantiles(w: pd.DataFrame, layers: list[str], title: str = ""):
         ax.plot(d.epoch, d.q50, color="tab:blue", lw=1)
         ax.set_title(layer, fontsize=9)
         ax.set_xlabel("epoch")
+        _integer_epochs(ax)
     axes[0][0].set_ylabel("weight value")
     axes[0][0].legend(fontsize=7)
     if title:
@@ -522,7 +553,7 @@ def weight_quantiles(w: pd.DataFrame, layers: list[str], title: str = ""):
 def norm_scatter(df: pd.DataFrame):
     """Final total weight norm against validation accuracy and against the
     generalisation gap (train minus validation accuracy), coloured by weight decay."""
-    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.3), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.3), sharex=True, layout="constrained")
     c = np.log10(df.weight_decay)
     for ax, y, label in ((axes[0], "value", "validation accuracy"),
                          (axes[1], "gap", "train - validation accuracy")):
