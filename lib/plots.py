@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 WIDTH = 8.0  # inches: the book's text column at 100 dpi
 
@@ -17,6 +17,7 @@ WIDTH = 8.0  # inches: the book's text column at 100 dpi
 def _plain_log(ax, axis: str = "y") -> None:
     """Plain numbers (20, not 2x10^1) on a log axis, labels on major ticks only."""
     a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     a.set_minor_formatter(NullFormatter())
 
