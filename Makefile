@@ -37,7 +37,8 @@ sweep: $(STAMP)  ## run (or resume) the book's studies into runs/search/, then c
 	for s in $(STUDIES); do $(PY) -m lib sweep --study $$s --budget $(BUDGET) || exit 1; done
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 3
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 1 \
-	  --epochs $$($(PY) -c 'from lib import search; print(search.RETRAIN_LONG_EPOCHS["$(BUDGET)"])')
+	  $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
+	  print("--epochs", s.RETRAIN_LONG_EPOCHS[b], "--seeds", s.RETRAIN_LONG_SEEDS[b])')
 
 bench: $(STAMP)  ## training throughput: ours vs the textbook pipeline
 	$(PY) -m lib bench --check-precision

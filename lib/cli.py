@@ -294,7 +294,7 @@ def cmd_sweep(a) -> None:
         ds = synthetic(512, 256) if a.synthetic else load_cifar10(a.data_dir)
         rt = search.retrain(spec.name, a.budget, ds, k=a.retrain, runs_dir=a.runs_dir,
                             device=a.device, log=lambda m: print(m, flush=True),
-                            epochs=a.epochs)
+                            epochs=a.epochs, seeds=a.seeds)
         print(rt.drop(columns="run").to_string(index=False))
         return
     out = search.run_study(spec, a.storage, a.n_workers, a.data_dir, a.runs_dir, a.device,
@@ -394,6 +394,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--epochs", type=int, default=None,
                    help="with --retrain: epochs per run instead of the budget's (chapter 5 "
                         "also re-trains the best config at twice the budget's epochs)")
+    q.add_argument("--seeds", type=int, default=None,
+                   help="with --retrain: the first N seeds instead of the budget's")
     q.set_defaults(func=cmd_sweep)
     q = sub.add_parser("screenshots",
                        help="photograph TensorBoard and W&B LEET for chapter 4's run")

@@ -583,6 +583,8 @@ RETRAIN_EPOCHS = {"smoke": 2, "cpu": 15, "gpu": 30}
 RETRAIN_SEEDS = {"smoke": 2, "cpu": 3, "gpu": 5}
 #: Chapter 5's second look at the winner: the best config at twice the epochs.
 RETRAIN_LONG_EPOCHS = {k: 2 * v for k, v in RETRAIN_EPOCHS.items()}
+#: ... with its first seeds only (each run costs twice as much).
+RETRAIN_LONG_SEEDS = {"smoke": 2, "cpu": 2, "gpu": 3}
 
 
 def top_trials(study, k: int = 3) -> pd.DataFrame:
@@ -593,23 +595,27 @@ def top_trials(study, k: int = 3) -> pd.DataFrame:
 
 
 def retrain_configs(spec: StudySpec, params: dict, budget: str,
-                    epochs: int | None = None) -> list[Config]:
+                    epochs: int | None = None, seeds: int | None = None) -> list[Config]:
     """A trial's config on the whole training set, scored on the test set, with the
-    full epoch budget (or ``epochs``) and several seeds, weights kept."""
+    full epoch budget (or ``epochs``) and the budget's seeds (or the first ``seeds``),
+    weights kept."""
     if budget not in RETRAIN_EPOCHS:
         raise SearchError(f"budget {budget!r}: use one of {sorted(RETRAIN_EPOCHS)}")
     if epochs is not None and epochs < 1:
         raise SearchError(f"epochs={epochs}: give a positive number of epochs")
+    if seeds is not None and seeds < 1:
+        raise SearchError(f"seeds={seeds}: give a positive number of seeds")
     c = make_config(trial_config(spec, params), n_train=None, holdout=0,
                     epochs=epochs or RETRAIN_EPOCHS[budget], save_weights=True)
-    return [make_config(c, seed=s) for s in range(RETRAIN_SEEDS[budget])]
+    return [make_config(c, seed=s) for s in range(seeds or RETRAIN_SEEDS[budget])]
 
 
 def retrain(study_name: str, budget: str, data: Dataset, k: int = 3, runs_dir=None,
-            device="auto", train=True, log=print, epochs: int | None = None) -> pd.DataFrame:
+            device="auto", train=True, log=print, epochs: int | None = None,
+            seeds: int | None = None) -> pd.DataFrame:
     """Re-train the study's top ``k`` configs (load-or-train into ``runs/search-best``)
-    for the budget's epochs (or ``epochs``); one row per run with the trial it came
-    from (chapter 5)."""
+    for the budget's epochs and seeds (or ``epochs``, ``seeds``); one row per run with
+    the trial it came from (chapter 5)."""
     from .runs import get as get_run
 
     study = load_study(study_name, runs_dir)
@@ -618,7 +624,7 @@ def retrain(study_name: str, budget: str, data: Dataset, k: int = 3, runs_dir=No
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for rank, t in enumerate(top_trials(study, k).itertuples(), 1):
         params = trials[t.number].params  # Optuna's own values, not pandas' numpy types
-        for c in retrain_configs(spec, params, budget, epochs):
+        for c in retrain_configs(spec, params, budget, epochs, seeds):
             log(f"rank {rank} (trial {t.number}), seed {c.seed}")
             run = get_run(c, data, "search-best", runs_dir, device=device, train=train)
             rows.append(dict(rank=rank, trial=t.number, val_acc=t.value, seed=c.seed,

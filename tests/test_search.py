@@ -195,3 +195,6 @@ def test_retrain_top_configs_on_test_set_then_cache_hit(tmp_path):
     assert again.key.tolist() == rt.key.tolist()
     with pytest.raises(search.SearchError, match="positive number of epochs"):
         search.retrain("r", "smoke", ds, k=1, runs_dir=tmp_path, epochs=-1)
+    one = search.retrain("r", "smoke", ds, k=1, runs_dir=tmp_path, train=False,
+                         log=lambda *a: None, epochs=1, seeds=1)
+    assert one.key.tolist() == rt.key.tolist()[:1]  # the first seed's cached run
