@@ -165,6 +165,20 @@ MAIN_SPACE = {
     "model.early_pool": [False, True],
 }
 
+#: The space of chapter 5's second study: airbench's layout (two 3x3 convs per block,
+#: the pooling right after the first, batch norm, SGD), searched at a higher fidelity,
+#: with the training knobs the main study left out (label smoothing).
+WIDE_SPACE = {
+    "batch_size": [128, 256, 512],
+    "lr": {"low": 0.01, "high": 1.0, "log": True},
+    "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+    "label_smoothing": [0.0, 0.1, 0.2],
+    "model.depth": [3, 4],
+    "model.width": [48, 64],
+}
+WIDE_MODEL = dict(kernel_size=3, convs_per_block=2, early_pool=True, batch_norm=True,
+                  growth=2.0)
+
 #: Fidelity of a trial per budget: training images, max epochs, validation split.
 TRIAL_BUDGETS = {
     "smoke": dict(n_train=None, epochs=3, holdout=64, batch_size=32),
@@ -193,6 +207,9 @@ def studies(budget: str = "cpu") -> dict[str, StudySpec]:
     pair_n = {"smoke": 4, "cpu": 16, "gpu": 40}[budget]
     lr_grid = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0] if budget != "smoke" else [0.01, 0.1, 1.0]
     bs_grid = [64, 128, 256, 512] if budget != "smoke" else [32, 64]
+    wide_base = make_config(base, optimizer="sgd", model=WIDE_MODEL,
+                            **{"smoke": {}, "cpu": dict(n_train=20_000, epochs=6),
+                               "gpu": {}}[budget])
     specs = [
         StudySpec("main", MAIN_SPACE, base, "tpe", "hyperband", n, small, max_macs=cap,
                   about="TPE over 11 hyperparameters with Hyperband on epochs"),
@@ -205,6 +222,11 @@ def studies(budget: str = "cpu") -> dict[str, StudySpec]:
                   seed=1, max_macs=cap, about="the same random configs, successive halving"),
         StudySpec("pair-full", MAIN_SPACE, pair_base, "random", "none", pair_n, small,
                   seed=1, max_macs=cap, about="the same random configs, no pruning"),
+        StudySpec("wide", WIDE_SPACE, wide_base, "tpe", "sha",
+                  {"smoke": 3, "cpu": 12, "gpu": 40}[budget],
+                  {"smoke": 1, "cpu": 2, "gpu": 3}[budget],
+                  n_startup_trials={"smoke": 2, "cpu": 6, "gpu": 12}[budget],
+                  about="airbench's layout, twice the images per trial, SHA on epochs"),
     ]
     return {s.name: s for s in specs}
 
