@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install book html pdf test lint bench sweep clean
 BUDGET ?= cpu
-STUDIES ?= main grid-lr-bs pair-pruned pair-sha pair-full
+STUDIES ?= main grid-lr-bs pair-pruned pair-sha pair-full wide
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,7 @@ sweep: $(STAMP)  ## run (or resume) the book's studies into runs/search/, then c
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 1 \
 	  $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
 	  print("--epochs", s.RETRAIN_LONG_EPOCHS[b], "--seeds", s.RETRAIN_LONG_SEEDS[b])')
+	$(PY) -m lib sweep --study wide --budget $(BUDGET) --retrain 1
 
 bench: $(STAMP)  ## training throughput: ours vs the textbook pipeline
 	$(PY) -m lib bench --check-precision

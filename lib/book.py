@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import __version__
 from .data import Dataset, load_cifar10, synthetic
 from .models import ConfigError, model_config
@@ -182,6 +184,31 @@ def versus_ch3(ch3_acc: float, ch3_epochs: int, found: dict) -> str:
                      f"{verdict}")
     return (f"Chapter 3's hand-picked CNN scored {ch3_acc:.2%} on the same test set with "
             f"{ch3_epochs} epochs; " + "; ".join(parts) + ".")
+
+
+def versus_seeds(name_a: str, accs_a, name_b: str, accs_b, alpha: float = 0.05) -> str:
+    """Two configs' test accuracies over seeds, compared in words (chapter 5): the means,
+    the difference, and whether Welch's t-test over the seeds separates them."""
+    from scipy import stats
+
+    a, b = np.asarray(accs_a, float), np.asarray(accs_b, float)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("versus_seeds needs at least two seeds per config")
+    d = b.mean() - a.mean()
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread on either side: no t-test
+        p = 0.0 if d else 1.0
+    else:
+        p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
+    lead = (f"{name_b} scores {b.mean():.2%} against {a.mean():.2%} for {name_a} "
+            f"({len(b)} and {len(a)} seeds), ")
+    if d == 0:
+        return lead + "the same."
+    way = f"{abs(d):.2%} {'higher' if d > 0 else 'lower'}"
+    if p < alpha:
+        return lead + (f"{way}; Welch's t-test over the seeds gives p = {p:.2g}, so the "
+                       "difference is larger than the spread between seeds.")
+    return lead + (f"{way}; Welch's t-test over the seeds gives p = {p:.2g}, so these seeds "
+                   "cannot tell the two apart.")
 
 
 def code_lines(*objs) -> int:

@@ -664,6 +664,30 @@ def trained_frame(study) -> pd.DataFrame:
     return df[df.number.isin(keep)].reset_index(drop=True)
 
 
+def per_epoch_frame(spec: StudySpec, trained: pd.DataFrame, runs_dir=None) -> pd.DataFrame:
+    """One row per trial and epoch: the epoch's validation accuracy with the trial's
+    columns of ``trained`` (:func:`trained_frame`); chapter 6 fits its surrogate on
+    every epoch, not only the last."""
+    out = []
+    for r in trained.itertuples():
+        m = runs.read_run(runs.runs_root(runs_dir) / "search" / spec.name / r.key).metrics
+        out.append(m[["epoch", "val_acc"]].assign(number=r.number))
+    return pd.concat(out, ignore_index=True).merge(trained, on="number")
+
+
+def study_overview(spec: StudySpec, trained: pd.DataFrame) -> dict:
+    """What a study cost and at which fidelity (chapter 5 sets two studies side by side);
+    ``trained``: :func:`trained_frame`."""
+    b = spec.base
+    return {"sampler / pruner": f"{spec.sampler} / {spec.pruner}",
+            "training images per trial": b.n_train or "all but the split",
+            "maximum epochs per trial": b.epochs,
+            "trials trained": len(trained),
+            "of which pruned": int((trained.state == "PRUNED").sum()),
+            "epochs spent": int(trained.epochs_run.sum()),
+            "training hours": round(float(trained.train_time_s.sum()) / 3600, 2)}
+
+
 def pruning_summary(pruned: pd.DataFrame, full: pd.DataFrame) -> dict:
     """Chapter 5's paired study: best full-budget validation accuracy and epochs spent
     with pruning and without, over the same configs."""

@@ -75,6 +75,20 @@ def test_staleness(smoke_book, tmp_path):
     assert cli.staleness(fresh, params) == ["not executed by `python -m lib book` yet"]
 
 
+def test_versus_seeds_says_whether_seeds_separate_two_configs():
+    from lib.book import versus_seeds
+
+    far = versus_seeds("A", [0.84, 0.841, 0.839], "B", [0.88, 0.881, 0.879])
+    assert far.startswith("B scores 88.00% against 84.00% for A (3 and 3 seeds)")
+    assert "4.00% higher" in far and "larger than the spread" in far
+    near = versus_seeds("A", [0.84, 0.85, 0.83], "B", [0.845, 0.835, 0.83])
+    assert "lower" in near and "cannot tell the two apart" in near
+    flat = versus_seeds("A", [0.8, 0.8], "B", [0.9, 0.9])  # no spread: t-test undefined
+    assert "10.00% higher" in flat and "p = 0," in flat
+    with pytest.raises(ValueError, match="two seeds"):
+        versus_seeds("A", [0.8], "B", [0.9, 0.9])
+
+
 def test_versus_ch3_words_follow_the_numbers():
     from lib.book import versus_ch3
 

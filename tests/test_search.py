@@ -76,6 +76,14 @@ def test_study_trains_cached_runs_and_stops_at_n_trials(tmp_path):
         assert (run.activations.dead_frac.between(0, 1)).all()
         assert list((run.path / "tb").glob("events.*"))
         assert run.summary["eval_split"] == "val" and "test_acc" not in run.summary
+    per_epoch = search.per_epoch_frame(s, search.trained_frame(study), tmp_path)
+    assert len(per_epoch) == done.epochs_run.sum() and per_epoch.val_acc.between(0, 1).all()
+    last = per_epoch.sort_values("epoch").groupby("number").last()
+    assert (last.val_acc == last.value).all()  # a trial's value is its last epoch's
+    ov = search.study_overview(s, search.trained_frame(study))
+    assert ov["trials trained"] == 5 and ov["epochs spent"] == done.epochs_run.sum()
+    assert ov["of which pruned"] == (done.state == "PRUNED").sum()
+    assert ov["sampler / pruner"] == "tpe / sha" and ov["training hours"] >= 0
     # pruned trials stopped early; complete ones ran the full budget
     assert (done[done.state == "PRUNED"].epochs_run < s.base.epochs).all()
     assert (done[done.state == "COMPLETE"].epochs_run == s.base.epochs).all()
@@ -85,6 +93,18 @@ def test_study_trains_cached_runs_and_stops_at_n_trials(tmp_path):
     with pytest.raises(search.SearchError, match="different space"):
         search.run_study(spec(pruner="none"), runs_dir=tmp_path, synthetic=True,
                          log=lambda *a: None)
+
+
+@pytest.mark.parametrize("budget", ["smoke", "cpu", "gpu"])
+def test_book_studies_are_valid_and_wide_keeps_airbench_layout(budget):
+    specs = search.studies(budget)
+    assert {"main", "grid-lr-bs", "pair-pruned", "pair-sha", "pair-full", "wide"} <= set(specs)
+    wide, main = specs["wide"], specs["main"]
+    c = search.trial_config(wide, {"model.depth": 4, "model.width": 64, "lr": 0.1})
+    assert (c.model.convs_per_block, c.model.early_pool, c.model.kernel_size) == (2, True, 3)
+    assert c.optimizer == "sgd" and c.model.widths() == [64, 128, 256, 512]
+    # the second study looks at more images per trial than the main one (or as many)
+    assert (wide.base.n_train or 10**9) >= (main.base.n_train or 10**9)
 
 
 def test_grid_study_visits_every_cell_once(tmp_path):
