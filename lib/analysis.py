@@ -419,3 +419,49 @@ def interpolate(model, sd_a: dict, sd_b: dict, x_train, x_eval, y_eval,
             rows.append(dict(alpha=float(a), loss=F.cross_entropy(out, y).item(),
                              acc=(out.argmax(1) == y).float().mean().item()))
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------
+# chapter 5: test-time augmentation of the re-trained models
+# --------------------------------------------------------------------------
+def flip_tta(run, ds: Dataset, batch_size: int = 500) -> dict:
+    """A re-trained run's test accuracy without and with flip test-time augmentation:
+    the logits of each test image and of its mirror image, averaged (chapter 5). Both
+    are computed here in fp32, so the difference is the augmentation's alone."""
+    import torch
+
+    from .runs import CacheError
+    from .train import to_input
+
+    c = run.config
+    if c.holdout or c.n_test is not None:
+        raise ValueError(f"{run.path}: flip_tta scores runs evaluated on the whole test set")
+    try:
+        model = run.model()
+    except CacheError:
+        raise CacheError(f"{run.path}: no model.pt to score with flips (re-trained weights "
+                         "are not committed); re-train it (python -m lib sweep --study "
+                         "<study> --retrain K) or restore the cached result") from None
+    plain = tta = 0
+    with torch.no_grad():
+        for i in range(0, len(ds.y_test), batch_size):
+            x = to_input(ds, ds.x_test[i:i + batch_size])
+            y = torch.as_tensor(ds.y_test[i:i + batch_size]).long()
+            a, b = model(x), model(x.flip(3))  # NCHW: dim 3 is the width
+            plain += int((a.argmax(1) == y).sum())
+            tta += int(((a + b).argmax(1) == y).sum())
+    n = len(ds.y_test)
+    return {"test_acc_fp32": plain / n, "test_acc_flip_tta": tta / n}
+
+
+def flip_tta_table(run_list, ds: Dataset, runs_dir=None) -> pd.DataFrame:
+    """:func:`flip_tta` of each run, cached in ``runs/ch05/`` (one small csv per run, so
+    the chapter needs no weights once they are computed)."""
+    from .runs import cached
+
+    rows = []
+    for r in run_list:
+        one = cached("ch05", "flip-tta", ds, lambda r=r: pd.DataFrame([flip_tta(r, ds)]),
+                     runs_dir, params={"run": r.key})
+        rows.append(dict(key=r.key, **one.iloc[0].to_dict()))
+    return pd.DataFrame(rows)

@@ -109,3 +109,37 @@ def test_line_summary_and_spread_growth():
     w = pd.DataFrame(dict(epoch=[0, 0, 3, 3], layer=["a", "b", "a", "b"],
                           q25=[-1, -1, -2, -0.5], q75=[1, 1, 2, 0.5]))
     assert spread_growth(w).to_dict() == {"a": 2.0, "b": 0.5}
+
+
+def test_flip_tta_scores_mirror_images_and_caches(tmp_path, synth, tiny_config):
+    import shutil
+
+    import torch
+
+    from lib.data import Dataset
+    from lib.train import to_input
+
+    run = runs.get(tiny_config, synth, "t", tmp_path)
+    out = analysis.flip_tta(run, synth)
+    stored = (run.test_logits().argmax(1) == synth.y_test).mean()
+    assert abs(out["test_acc_fp32"] - stored) <= 1 / len(synth.y_test)
+    assert 0 <= out["test_acc_flip_tta"] <= 1
+    # images that are their own mirror image (left-right): the flip changes nothing
+    x = synth.x_test.copy()
+    x[:, :, 16:] = x[:, :, :16][:, :, ::-1]
+    sym = Dataset(synth.x_train, synth.y_train, x, synth.y_test, "mirrored")
+    s = analysis.flip_tta(run, sym)
+    assert s["test_acc_flip_tta"] == s["test_acc_fp32"]
+    # ... while the model is not flip-invariant in general, so the check above bites
+    xt = to_input(synth, synth.x_test)
+    with torch.no_grad():
+        assert not torch.allclose(run.model()(xt), run.model()(xt.flip(3)), atol=1e-4)
+    # cached per run: once computed, the weights are not needed
+    t1 = analysis.flip_tta_table([run], synth, tmp_path)
+    (run.path / "model.pt").unlink()
+    t2 = analysis.flip_tta_table([run], synth, tmp_path)
+    pd.testing.assert_frame_equal(t1, t2)
+    assert t1.test_acc_flip_tta.iloc[0] == out["test_acc_flip_tta"]
+    shutil.rmtree(tmp_path / "ch05")
+    with pytest.raises(runs.CacheError, match="no model.pt to score with flips"):
+        analysis.flip_tta_table([run], synth, tmp_path)
