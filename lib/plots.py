@@ -325,10 +325,12 @@ def search_history(df: pd.DataFrame, title: str = ""):
         ax.plot(d[x], best, color="black", lw=1.5, drawstyle="steps-post", label="best so far")
         ax.set_xlabel(label)
     axes[0].set_ylabel("validation accuracy")
-    axes[0].legend(loc="lower right", fontsize=8)
+    # below the axes, where it cannot cover a trial
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8,
+               frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

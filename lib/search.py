@@ -657,6 +657,29 @@ def retrain(study_name: str, budget: str, data: Dataset, k: int = 3, runs_dir=No
     return pd.DataFrame(rows)
 
 
+def retrain_summary(rt: pd.DataFrame, by=("rank",), scores=("test_acc",)) -> pd.DataFrame:
+    """One row per re-trained configuration (``by``: the columns that name one, e.g.
+    ``rank``, or ``study``, ``rank`` and ``epochs``) of :func:`retrain` rows: the trial
+    it came from, its epochs, seeds and cost, and each score's mean and standard
+    deviation over the seeds (``{score}_mean``, ``{score}_std``), best first."""
+    by = list(by)
+    missing = sorted({*by, *scores, "trial", "seed"} - set(rt.columns))
+    if missing:
+        raise SearchError(f"retrain_summary: no column(s) {missing} in the re-training rows")
+    if rt.empty:
+        raise SearchError("retrain_summary: no re-trained runs to summarise")
+    agg = {c: (c, "first") for c in ("trial", "val_acc", "epochs", "n_params")
+           if c in rt.columns and c not in by}
+    agg["seeds"] = ("seed", "count")
+    if "train_time_s" in rt.columns:
+        agg["minutes_per_run"] = ("train_time_s", lambda t: t.mean() / 60)
+    for s in scores:
+        agg[f"{s}_mean"] = (s, "mean")
+        agg[f"{s}_std"] = (s, "std")
+    out = rt.groupby(by).agg(**agg)
+    return out.sort_values(f"{scores[0]}_mean", ascending=False)
+
+
 def trained_frame(study) -> pd.DataFrame:
     """:func:`trials_frame` restricted to trained trials (no skips, duplicates, failures)."""
     keep = {t.number for t in study.get_trials(deepcopy=False) if _trained(t)}

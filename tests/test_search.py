@@ -218,3 +218,32 @@ def test_retrain_top_configs_on_test_set_then_cache_hit(tmp_path):
     one = search.retrain("r", "smoke", ds, k=1, runs_dir=tmp_path, train=False,
                          log=lambda *a: None, epochs=1, seeds=1)
     assert one.key.tolist() == rt.key.tolist()[:1]  # the first seed's cached run
+    # one row per configuration, scores aggregated over its seeds, best first
+    summ = search.retrain_summary(rt)
+    assert list(summ.index) == sorted(summ.index, key=lambda r: -rt[rt["rank"] == r]
+                                      .test_acc.mean())
+    for r, row in summ.iterrows():
+        mine = rt[rt["rank"] == r]
+        assert row.seeds == seeds and row.trial == mine.trial.iloc[0]
+        assert row.test_acc_mean == pytest.approx(mine.test_acc.mean())
+        assert row.test_acc_std == pytest.approx(mine.test_acc.std())
+        assert row.minutes_per_run == pytest.approx(mine.train_time_s.mean() / 60)
+
+
+def test_retrain_summary_groups_scores_and_refuses_bad_rows():
+    import pandas as pd
+
+    rt = pd.DataFrame(dict(study=["a", "a", "b", "b", "b"], rank=[1, 1, 1, 1, 1],
+                           trial=[4, 4, 7, 7, 7], seed=[0, 1, 0, 1, 2],
+                           test_acc=[0.5, 0.7, 0.8, 0.9, 1.0], tta=[0.6, 0.8, 0.9, 1.0, 1.0]))
+    s = search.retrain_summary(rt, by=["study", "rank"], scores=("tta", "test_acc"))
+    assert s.index.tolist() == [("b", 1), ("a", 1)]  # sorted by the first score
+    assert s.seeds.tolist() == [3, 2] and s.trial.tolist() == [7, 4]
+    assert s.loc[("a", 1)].test_acc_mean == pytest.approx(0.6)
+    assert s.loc[("a", 1)].test_acc_std == pytest.approx(0.1414, abs=1e-4)
+    assert s.loc[("b", 1)].tta_mean == pytest.approx(29 / 30)
+    assert "minutes_per_run" not in s  # no timing column, no made-up timing
+    with pytest.raises(search.SearchError, match=r"no column\(s\) \['gain'\]"):
+        search.retrain_summary(rt, scores=("gain",))
+    with pytest.raises(search.SearchError, match="no re-trained runs"):
+        search.retrain_summary(rt.iloc[:0])
