@@ -40,6 +40,9 @@ sweep: $(STAMP)  ## run (or resume) the book's studies into runs/search/, then c
 	  $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
 	  print("--epochs", s.RETRAIN_LONG_EPOCHS[b], "--seeds", s.RETRAIN_LONG_SEEDS[b])')
 	$(PY) -m lib sweep --study wide --budget $(BUDGET) --retrain 1
+	$(PY) -m lib sweep --study wide --budget $(BUDGET) --retrain 1 \
+	  $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
+	  print("--epochs", s.RETRAIN_LONG_EPOCHS[b], "--seeds", s.RETRAIN_SEEDS[b])')
 
 bench: $(STAMP)  ## training throughput: ours vs the textbook pipeline
 	$(PY) -m lib bench --check-precision
