@@ -170,13 +170,19 @@ def ch03_cnn_config(budget: str, seed: int = 0) -> Config:
     return make_config(ch03_configs(budget)["cnn"][0], seed=seed)
 
 
+def points(d: float) -> str:
+    """An accuracy difference in words: 0.0123 -> "1.23 percentage points" (a difference
+    of two percentages is not a percentage of either)."""
+    return f"{abs(d) * 100:.2f} percentage points"
+
+
 def versus_ch3(ch3_acc: float, ch3_epochs: int, found: dict) -> str:
     """Chapter 5's verdict on the search against chapter 3's hand-picked CNN, worded by
     the numbers: ``found`` maps epochs -> the re-trained config's mean test accuracy."""
     parts = []
     for e, acc in sorted(found.items()):
         d = acc - ch3_acc
-        verdict = (f"beats it by {d:.2%}" if d > 0 else f"falls short of it by {-d:.2%}"
+        verdict = (f"beats it by {points(d)}" if d > 0 else f"falls short of it by {points(d)}"
                    if d < 0 else "ties it")
         cmp = ("fewer than" if e < ch3_epochs else "more than" if e > ch3_epochs
                else "as many as")
@@ -203,7 +209,7 @@ def versus_seeds(name_a: str, accs_a, name_b: str, accs_b, alpha: float = 0.05) 
             f"({len(b)} and {len(a)} seeds), ")
     if d == 0:
         return lead + "the same."
-    way = f"{abs(d):.2%} {'higher' if d > 0 else 'lower'}"
+    way = f"{points(d)} {'higher' if d > 0 else 'lower'}"
     if p < alpha:
         return lead + (f"{way}; Welch's t-test over the seeds gives p = {p:.2g}, so the "
                        "difference is larger than the spread between seeds.")

@@ -80,11 +80,11 @@ def test_versus_seeds_says_whether_seeds_separate_two_configs():
 
     far = versus_seeds("A", [0.84, 0.841, 0.839], "B", [0.88, 0.881, 0.879])
     assert far.startswith("B scores 88.00% against 84.00% for A (3 and 3 seeds)")
-    assert "4.00% higher" in far and "larger than the spread" in far
+    assert "4.00 percentage points higher" in far and "larger than the spread" in far
     near = versus_seeds("A", [0.84, 0.85, 0.83], "B", [0.845, 0.835, 0.83])
     assert "lower" in near and "cannot tell the two apart" in near
     flat = versus_seeds("A", [0.8, 0.8], "B", [0.9, 0.9])  # no spread: t-test undefined
-    assert "10.00% higher" in flat and "p = 0," in flat
+    assert "10.00 percentage points higher" in flat and "p = 0," in flat
     with pytest.raises(ValueError, match="two seeds"):
         versus_seeds("A", [0.8], "B", [0.9, 0.9])
 
@@ -94,7 +94,9 @@ def test_versus_ch3_words_follow_the_numbers():
 
     t = versus_ch3(0.85, 20, {15: 0.84, 30: 0.87})
     assert "85.00%" in t and "with 20 epochs" in t
-    assert "at 15 epochs (fewer than its 20) the search's choice falls short of it by 1.00%" in t
-    assert "at 30 epochs (more than its 20) the search's choice beats it by 2.00%" in t
+    assert ("at 15 epochs (fewer than its 20) the search's choice falls short of it by "
+            "1.00 percentage points") in t
+    assert ("at 30 epochs (more than its 20) the search's choice beats it by "
+            "2.00 percentage points") in t
     tie = versus_ch3(0.8, 20, {20: 0.8})
     assert "(as many than" not in tie and "the search's choice ties it." in tie
