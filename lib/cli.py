@@ -161,11 +161,17 @@ def execute(nb: Path, out: Path | None = None, **params) -> float:
     if unknown:
         raise UserError(f"unknown chapter parameter(s) {sorted(unknown)}; known: {BOOK_PARAMS}")
     t = time.perf_counter()
+    # The kernel inherits the environment: MPLBACKEND=Agg (usual on headless machines,
+    # and set by CI) would replace the inline backend and publish a book without figures.
+    backend = os.environ.pop("MPLBACKEND", None)
     try:
         pm.execute_notebook(str(nb), str(out or nb), parameters=params, cwd=str(nb.parent),
                             kernel_name="python3", progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
         raise UserError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from e
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
     record_inputs(Path(out or nb), params)
     return time.perf_counter() - t
 

@@ -680,6 +680,24 @@ def retrain_summary(rt: pd.DataFrame, by=("rank",), scores=("test_acc",)) -> pd.
     return out.sort_values(f"{scores[0]}_mean", ascending=False)
 
 
+def summary_view(summary: pd.DataFrame, drop=()) -> pd.DataFrame:
+    """:func:`retrain_summary` as the book prints it: short column names (``test_acc_mean``
+    -> ``test acc``, ``test_acc_std`` -> ``test acc std``), minutes to one decimal,
+    other fractions to four; ``drop``: columns left out."""
+    out = summary.drop(columns=list(drop))
+    digits = {c: 1 if c == "minutes_per_run" else 4
+              for c in out.columns if out[c].dtype.kind == "f"}
+    short = {"n_params": "params", "minutes_per_run": "min/run"}
+
+    def name(c: str) -> str:
+        if c in short:
+            return short[c]
+        c = c[:-5] if c.endswith("_mean") else c[:-4] + " std" if c.endswith("_std") else c
+        return c.replace("_", " ")
+
+    return out.round(digits).rename(columns=name)
+
+
 def trained_frame(study) -> pd.DataFrame:
     """:func:`trials_frame` restricted to trained trials (no skips, duplicates, failures)."""
     keep = {t.number for t in study.get_trials(deepcopy=False) if _trained(t)}

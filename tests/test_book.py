@@ -24,6 +24,20 @@ def test_every_chapter_executes_at_smoke(smoke_book):
         params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
         assert params, f"{nb.name} has no cell tagged 'parameters'"
         assert 'budget = "smoke"' in "".join(c.source for c in cells)
+        assert any("image/png" in o.get("data", {}) for c in cells
+                   for o in c.get("outputs", [])), f"{nb.name}: no figure in the outputs"
+
+
+def test_published_chapters_show_their_figures():
+    """The committed, executed chapters carry their figures (a kernel started with
+    MPLBACKEND=Agg would have dropped every one of them silently)."""
+    import nbformat
+
+    for nb in CHAPTERS:
+        cells = nbformat.read(nb, as_version=4).cells
+        figures = sum("image/png" in o.get("data", {}) for c in cells
+                      for o in c.get("outputs", []))
+        assert figures, f"{nb.name}: executed without a single figure"
 
 
 def test_html_build(smoke_book):

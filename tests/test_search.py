@@ -247,3 +247,8 @@ def test_retrain_summary_groups_scores_and_refuses_bad_rows():
         search.retrain_summary(rt, scores=("gain",))
     with pytest.raises(search.SearchError, match="no re-trained runs"):
         search.retrain_summary(rt.iloc[:0])
+    rt["train_time_s"] = [600.0, 660.0, 1200.0, 1203.0, 1206.0]
+    view = search.summary_view(search.retrain_summary(rt), drop=["trial"])
+    assert view.columns.tolist() == ["seeds", "min/run", "test acc", "test acc std"]
+    assert view["min/run"].iloc[0] == pytest.approx(16.2)  # 973.8 s a run: 16.23 min
+    assert view["test acc"].iloc[0] == pytest.approx(0.78)
