@@ -33,16 +33,19 @@ test: $(STAMP)  ## lint, then the test suite
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# --epochs/--seeds of a re-training at twice the epochs: the budget's long epochs and the
+# seeds named by $(1) (a dict of lib.search, e.g. RETRAIN_SEEDS)
+long_retrain = $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
+  print("--epochs", s.RETRAIN_LONG_EPOCHS[b], "--seeds", s.$(1)[b])')
+
 sweep: $(STAMP)  ## run (or resume) the book's studies into runs/search/, then chapter 5's re-training
 	for s in $(STUDIES); do $(PY) -m lib sweep --study $$s --budget $(BUDGET) || exit 1; done
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 3
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 1 \
-	  $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
-	  print("--epochs", s.RETRAIN_LONG_EPOCHS[b], "--seeds", s.RETRAIN_LONG_SEEDS[b])')
+	  $(call long_retrain,RETRAIN_LONG_SEEDS)
 	$(PY) -m lib sweep --study wide --budget $(BUDGET) --retrain 1
 	$(PY) -m lib sweep --study wide --budget $(BUDGET) --retrain 1 \
-	  $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
-	  print("--epochs", s.RETRAIN_LONG_EPOCHS[b], "--seeds", s.RETRAIN_SEEDS[b])')
+	  $(call long_retrain,RETRAIN_SEEDS)
 
 bench: $(STAMP)  ## training throughput: ours vs the textbook pipeline
 	$(PY) -m lib bench --check-precision

@@ -9,6 +9,11 @@ from lib import cli
 CHAPTERS = cli.chapters()
 
 
+def figures(cells) -> int:
+    """How many PNG figures the cells' outputs hold."""
+    return sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
+
+
 def test_toc_lists_chapters():
     assert [p.name for p in CHAPTERS][:1] == ["01_filters.ipynb"]
 
@@ -24,8 +29,7 @@ def test_every_chapter_executes_at_smoke(smoke_book):
         params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
         assert params, f"{nb.name} has no cell tagged 'parameters'"
         assert 'budget = "smoke"' in "".join(c.source for c in cells)
-        assert any("image/png" in o.get("data", {}) for c in cells
-                   for o in c.get("outputs", [])), f"{nb.name}: no figure in the outputs"
+        assert figures(cells), f"{nb.name}: no figure in the outputs"
 
 
 def test_published_chapters_show_their_figures():
@@ -35,9 +39,7 @@ def test_published_chapters_show_their_figures():
 
     for nb in CHAPTERS:
         cells = nbformat.read(nb, as_version=4).cells
-        figures = sum("image/png" in o.get("data", {}) for c in cells
-                      for o in c.get("outputs", []))
-        assert figures, f"{nb.name}: executed without a single figure"
+        assert figures(cells), f"{nb.name}: executed without a single figure"
 
 
 def test_html_build(smoke_book):
