@@ -33,19 +33,21 @@ test: $(STAMP)  ## lint, then the test suite
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# --epochs/--seeds of a re-training at twice the epochs: the budget's long epochs and the
-# seeds named by $(1) (a dict of lib.search, e.g. RETRAIN_SEEDS)
+# --epochs/--seeds of a re-training beyond the budget's epochs: the epochs and the seeds
+# named by $(1) and $(2) (dicts of lib.search, e.g. RETRAIN_LONG_EPOCHS, RETRAIN_SEEDS)
 long_retrain = $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
-  print("--epochs", s.RETRAIN_LONG_EPOCHS[b], "--seeds", s.$(1)[b])')
+  print("--epochs", s.$(1)[b], "--seeds", s.$(2)[b])')
 
 sweep: $(STAMP)  ## run (or resume) the book's studies into runs/search/, then chapter 5's re-training
 	for s in $(STUDIES); do $(PY) -m lib sweep --study $$s --budget $(BUDGET) || exit 1; done
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 3
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 1 \
-	  $(call long_retrain,RETRAIN_LONG_SEEDS)
+	  $(call long_retrain,RETRAIN_LONG_EPOCHS,RETRAIN_LONG_SEEDS)
 	$(PY) -m lib sweep --study wide --budget $(BUDGET) --retrain 1
 	$(PY) -m lib sweep --study wide --budget $(BUDGET) --retrain 1 \
-	  $(call long_retrain,RETRAIN_SEEDS)
+	  $(call long_retrain,RETRAIN_LONG_EPOCHS,RETRAIN_SEEDS)
+	$(PY) -m lib sweep --study wide --budget $(BUDGET) --retrain 1 \
+	  $(call long_retrain,RETRAIN_LONGER_EPOCHS,RETRAIN_SEEDS)
 
 bench: $(STAMP)  ## training throughput: ours vs the textbook pipeline
 	$(PY) -m lib bench --check-precision

@@ -192,6 +192,32 @@ def versus_ch3(ch3_acc: float, ch3_epochs: int, found: dict) -> str:
             f"{ch3_epochs} epochs; " + "; ".join(parts) + ".")
 
 
+def epoch_returns(found: dict) -> str:
+    """What each further block of epochs bought, worded by the numbers (chapter 5):
+    ``found`` maps epochs -> one configuration's mean test accuracy at that budget."""
+    es = sorted(found)
+    if len(es) < 2:
+        raise ValueError("epoch_returns needs the accuracy at two budgets at least")
+    steps = [(a, b, found[b] - found[a]) for a, b in zip(es, es[1:])]
+    parts = [f"from {a} to {b} epochs it " + (
+        f"{'gains' if d > 0 else 'loses'} {points(d)} ({abs(d) * 100 / (b - a):.3f} points "
+        "per extra epoch)" if d else "keeps its accuracy") for a, b, d in steps]
+    rates = [d / (b - a) for a, b, d in steps]
+    if len(rates) == 1:
+        verdict = ""
+    elif rates[-1] < 0:
+        verdict = "The last extra epochs cost accuracy: more epochs no longer pay."
+    elif rates[-1] == 0:
+        verdict = "The last extra epochs bought nothing: more epochs no longer pay."
+    elif rates[-1] < rates[0]:
+        verdict = ("Each further epoch buys less than the ones before it: diminishing "
+                   "returns, yet still a gain.")
+    else:
+        verdict = "The later epochs buy as much as the earlier ones: far from saturated."
+    text = "; ".join(parts)
+    return f"{text[0].upper()}{text[1:]}. {verdict}".rstrip()
+
+
 def versus_seeds(name_a: str, accs_a, name_b: str, accs_b, alpha: float = 0.05) -> str:
     """Two configs' test accuracies over seeds, compared in words (chapter 5): the means,
     the difference, and whether Welch's t-test over the seeds separates them."""
@@ -243,6 +269,36 @@ def code_lines(*objs) -> int:
 # --------------------------------------------------------------------------
 # provenance
 # --------------------------------------------------------------------------
+def _machines(runs: list) -> dict:
+    """Each distinct device, thread count and torch version of ``runs``, in words, with
+    its number of runs."""
+    from collections import Counter
+
+    def kind(m: dict) -> str:
+        th = m.get("threads", "?")
+        return (f"{m.get('device', '?')} ({m.get('device_name', '?')}, {th} "
+                f"thread{'' if th == 1 else 's'}), torch {m.get('torch', '?')}")
+
+    return Counter(kind(r.summary) for r in runs)
+
+
+def trained_on(runs: list) -> str:
+    """Where ``runs`` were trained, in words: each distinct device, thread count and torch
+    version, with its number of runs when they differ."""
+    kinds = _machines(runs)
+    if len(kinds) <= 1:
+        return next(iter(kinds), "no training run")
+    return "; ".join(f"{k}: {n} run{'s' * (n > 1)}" for k, n in kinds.items())
+
+
+def timing_note(runs: list) -> str:
+    """A sentence for a table of minutes per run whose ``runs`` were not all trained
+    alike (device, threads, torch); empty when they were."""
+    if len(_machines(runs)) <= 1:
+        return ""
+    return f" Minutes per run compare only between runs trained alike: {trained_on(runs)}."
+
+
 def execution_report(s: Setup, runs: list) -> object:
     """A small table for the end of a chapter: what made its numbers."""
     import json
@@ -254,7 +310,6 @@ def execution_report(s: Setup, runs: list) -> object:
 
     glue("inputs_read", json.dumps(READ), display=False)  # read by `python -m lib book`
 
-    first = runs[0].summary if runs else {}
     rows = {
         "budget": s.budget,
         "executed": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -262,9 +317,7 @@ def execution_report(s: Setup, runs: list) -> object:
         "lib version": __version__,
         "data": s.data.source,
         "data fingerprint": s.data.fingerprint,
-        "trained on": (f"{first.get('device', '?')} ({first.get('device_name', '?')}, "
-                       f"{first.get('threads', '?')} threads), torch {first.get('torch', '?')}"
-                       if first else "no training run"),
+        "trained on": trained_on(runs),
         "runs read": ", ".join(r.key for r in runs) or "none",
     }
     return pd.DataFrame({"value": rows})

@@ -105,6 +105,40 @@ def test_versus_seeds_says_whether_seeds_separate_two_configs():
         versus_seeds("A", [0.8], "B", [0.9, 0.9])
 
 
+def test_epoch_returns_words_follow_the_numbers():
+    from lib.book import epoch_returns
+
+    t = epoch_returns({30: 0.88, 15: 0.87, 45: 0.884})  # any order of budgets
+    assert t.startswith("From 15 to 30 epochs it gains 1.00 percentage points (0.067 points "
+                        "per extra epoch); from 30 to 45 epochs it gains 0.40 percentage")
+    assert "diminishing returns" in t
+    assert "bought nothing" in epoch_returns({15: 0.87, 30: 0.88, 45: 0.88})
+    assert "cost accuracy" in epoch_returns({15: 0.87, 30: 0.88, 45: 0.879})
+    assert "it loses 0.10 percentage points" in epoch_returns({15: 0.87, 30: 0.88, 45: 0.879})
+    assert "far from saturated" in epoch_returns({10: 0.8, 20: 0.82, 30: 0.85})
+    assert epoch_returns({10: 0.8, 20: 0.8}) == "From 10 to 20 epochs it keeps its accuracy."
+    with pytest.raises(ValueError, match="two budgets"):
+        epoch_returns({10: 0.8})
+
+
+def test_trained_on_counts_each_kind_of_machine():
+    from types import SimpleNamespace
+
+    from lib.book import timing_note, trained_on
+
+    def run(threads):
+        return SimpleNamespace(summary=dict(device="cpu", device_name="EPYC", threads=threads,
+                                            torch="2.0"))
+
+    assert trained_on([]) == "no training run"
+    assert trained_on([run(2), run(2)]) == "cpu (EPYC, 2 threads), torch 2.0"
+    assert trained_on([run(2), run(1), run(1)]) == ("cpu (EPYC, 2 threads), torch 2.0: 1 run; "
+                                                    "cpu (EPYC, 1 thread), torch 2.0: 2 runs")
+    assert timing_note([run(2), run(2)]) == ""
+    assert timing_note([run(2), run(1)]).startswith(
+        " Minutes per run compare only between runs trained alike: cpu (EPYC, 2 threads)")
+
+
 def test_versus_ch3_words_follow_the_numbers():
     from lib.book import versus_ch3
 
