@@ -157,23 +157,55 @@ def execute(nb: Path, out: Path | None = None, **params) -> float:
     import papermill as pm
 
     params = {k: v for k, v in params.items() if v is not None}
-    unknown = set(params) - set(BOOK_PARAMS)
-    if unknown:
-        raise UserError(f"unknown chapter parameter(s) {sorted(unknown)}; known: {BOOK_PARAMS}")
+    check_params(params)
     t = time.perf_counter()
+    target = Path(out or nb)
+    # executed into a temporary file beside the target, which replaces it only when
+    # every cell ran: a failing chapter never overwrites the committed one
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.ipynb")
     # The kernel inherits the environment: MPLBACKEND=Agg (usual on headless machines,
     # and set by CI) would replace the inline backend and publish a book without figures.
     backend = os.environ.pop("MPLBACKEND", None)
     try:
-        pm.execute_notebook(str(nb), str(out or nb), parameters=params, cwd=str(nb.parent),
+        pm.execute_notebook(str(nb), str(tmp), parameters=params, cwd=str(nb.parent),
                             kernel_name="python3", progress_bar=False, log_output=False)
+        record_inputs(tmp, params)
+        os.replace(tmp, target)
     except pm.PapermillExecutionError as e:
-        raise UserError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}") from e
+        raise UserError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                        f"({target.name} is unchanged)") from e
     finally:
         if backend is not None:
             os.environ["MPLBACKEND"] = backend
-    record_inputs(Path(out or nb), params)
+        tmp.unlink(missing_ok=True)
     return time.perf_counter() - t
+
+
+BUDGETS = ("smoke", "cpu", "gpu")
+
+
+def check_params(params: dict) -> None:
+    """Chapter parameters checked before any kernel starts (one line, UserError): known
+    names, a known budget, a device name, an integer seed, and data that loads."""
+    unknown = set(params) - set(BOOK_PARAMS)
+    if unknown:
+        raise UserError(f"unknown chapter parameter(s) {sorted(unknown)}; known: {BOOK_PARAMS}")
+    if params.get("budget", "cpu") not in BUDGETS:
+        raise UserError(f"budget {params['budget']!r} is not a budget; use one of {BUDGETS}")
+    if "seed" in params and (isinstance(params["seed"], bool)
+                             or not isinstance(params["seed"], int)):
+        raise UserError(f"seed {params['seed']!r}: use an integer")
+    from .models import ConfigError
+    from .train import resolve_device
+
+    try:
+        resolve_device(params.get("device", "auto"))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    if params.get("budget", "cpu") != "smoke":
+        from .data import load_cifar10
+
+        load_cifar10(params.get("data_dir") or None)  # DataError: one line, before the kernel
 
 
 def build_html(root: Path = REPO_ROOT, builder: str = "html") -> None:
@@ -197,9 +229,10 @@ def cmd_book(a) -> None:
         nbs = [p for p in nbs if any(p.name.startswith(o) for o in a.only)]
         if not nbs:
             raise UserError(f"--only {a.only} matches no chapter of _toc.yml")
+    params = {k: v for k, v in dict(budget=a.budget, device=a.device, data_dir=a.data_dir,
+                                    runs_dir=a.runs_dir).items() if v is not None}
+    check_params(params)
     for nb in nbs:
-        params = {k: v for k, v in dict(budget=a.budget, device=a.device, data_dir=a.data_dir,
-                                        runs_dir=a.runs_dir).items() if v is not None}
         why = ["--force"] if a.force else staleness(nb, params)
         name = nb.relative_to(REPO_ROOT)
         if not why:
@@ -246,11 +279,12 @@ def parse_value(v: str):
 
 
 def cmd_train(a) -> None:
-    from . import book, runs
+    from . import book, recipe, runs
     from .data import load_cifar10, synthetic
     from .train import make_config
 
-    presets = {"ch01": book.ch01_config, "ch03-cnn": book.ch03_cnn_config}
+    presets = {"ch01": book.ch01_config, "ch03-cnn": book.ch03_cnn_config,
+               "fast": recipe.fast_config}
     if a.preset not in presets:
         raise UserError(f"unknown preset {a.preset!r}; known: {sorted(presets)}")
     base = presets[a.preset](a.budget, a.seed)
@@ -261,10 +295,11 @@ def cmd_train(a) -> None:
         k, v = item.split("=", 1)
         overrides[k.strip()] = parse_value(v.strip())
     cfg = make_config(base, **overrides)
-    ds = synthetic() if a.synthetic else load_cifar10(a.data_dir)
+    ds = synthetic() if a.synthetic or a.budget == "smoke" else load_cifar10(a.data_dir)
     run = runs.get(cfg, ds, a.group, a.runs_dir, device=a.device, progress=True)
     s = run.summary
-    print(f"run {run.key} ({run.path}): status {s['status']}, test acc {s['test_acc']:.4f}, "
+    tta = f", with TTA {s['test_acc_tta']:.4f}" if "test_acc_tta" in s else ""
+    print(f"run {run.key} ({run.path}): status {s['status']}, test acc {s['test_acc']:.4f}{tta}, "
           f"{s['epochs_run']} epochs, {s['images_per_s']:.0f} images/s on {s['device']}")
 
 
@@ -297,17 +332,46 @@ def cmd_sweep(a) -> None:
     if a.retrain:
         from .data import load_cifar10, synthetic
 
-        ds = synthetic(512, 256) if a.synthetic else load_cifar10(a.data_dir)
+        ds = synthetic(512, 256) if a.synthetic or a.budget == "smoke" \
+            else load_cifar10(a.data_dir)
         rt = search.retrain(spec.name, a.budget, ds, k=a.retrain, runs_dir=a.runs_dir,
                             device=a.device, log=lambda m: print(m, flush=True),
                             epochs=a.epochs, seeds=a.seeds)
         print(rt.drop(columns="run").to_string(index=False))
         return
     out = search.run_study(spec, a.storage, a.n_workers, a.data_dir, a.runs_dir, a.device,
-                           synthetic=a.synthetic, progress=None)
+                           synthetic=a.synthetic or a.budget == "smoke", progress=None)
     print(f"study {out['study']}: {out['trained']} trials trained ({out['complete']} "
           f"complete, {out['pruned']} pruned), {out['epochs']} epochs in all; best "
           f"validation accuracy {out['best_value']}")
+
+
+def cmd_recipe(a) -> None:
+    """Train (or resume) every run of the recipe chapter, in :func:`lib.recipe.plan`'s
+    order; cached runs are skipped, so the same command continues a killed job."""
+    import time
+
+    from . import recipe, runs
+    from .data import load_cifar10, synthetic
+
+    todo = [p for p in recipe.plan(a.budget) if not a.only or p[0] in a.only]
+    if not todo:
+        raise UserError(f"--only {a.only}: no such group; groups: recipe, recipe-ablation")
+    ds = synthetic(512, 256) if a.synthetic or a.budget == "smoke" \
+        else load_cifar10(a.data_dir)
+    for i, (group, name, c) in enumerate(todo, 1):
+        hit = runs.find(c, ds, group, a.runs_dir)
+        if a.list or hit is not None:
+            state = "cached" if hit is not None else "to train"
+            print(f"[{i}/{len(todo)}] {group}: {name}: {state}", flush=True)
+            continue
+        t0 = time.time()
+        run = runs.get(c, ds, group, a.runs_dir, device=a.device)
+        s = run.summary
+        acc = " ".join(f"{k} {s[k]:.4f}" for k in ("val_acc", "test_acc", "test_acc_tta")
+                       if k in s)
+        print(f"[{i}/{len(todo)}] {group}: {name}: {run.key} {acc} "
+              f"({(time.time() - t0) / 60:.1f} min)", flush=True)
 
 
 def cmd_screenshots(a) -> None:
@@ -356,7 +420,9 @@ def parser() -> argparse.ArgumentParser:
                        help="CIFAR-10 directory or npz file (default: $CIFAR10_DATA, else data/)")
         q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
         if budget:
-            q.add_argument("--budget", default="cpu", help="smoke, cpu or gpu")
+            q.add_argument("--budget", default="cpu", choices=BUDGETS,
+                           help="smoke (synthetic data, seconds: a dry run), cpu (what the "
+                           "committed book ran on 2 CPU cores) or gpu (full fidelity)")
             q.add_argument("--runs-dir", default=None, help="the runs cache (default runs/)")
 
     q = sub.add_parser("book", help="execute every chapter with papermill, then build the HTML")
@@ -371,7 +437,7 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_pdf)
     q = sub.add_parser("train", help="train one config into the runs cache")
     common(q)
-    q.add_argument("--preset", default="ch01", help="ch01 or ch03-cnn")
+    q.add_argument("--preset", default="ch01", help="ch01, ch03-cnn or fast (chapter 5's recipe)")
     q.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="override a config field, e.g. lr=0.1, model.depth=4 (repeatable)")
     q.add_argument("--seed", type=int, default=0)
@@ -419,6 +485,13 @@ def parser() -> argparse.ArgumentParser:
                    help="also compare test accuracy with bf16 autocast and fp32")
     q.add_argument("--synthetic", action="store_true", help="synthetic data (no dataset needed)")
     q.set_defaults(func=cmd_bench)
+    q = sub.add_parser("recipe", help="train or resume the recipe chapter's runs "
+                       "(full recipe's seeds, the ablation ladder, leave-one-out)")
+    common(q)
+    q.add_argument("--only", nargs="*", help="groups: recipe, recipe-ablation")
+    q.add_argument("--list", action="store_true", help="say what is cached, train nothing")
+    q.add_argument("--synthetic", action="store_true", help="synthetic data (a dry run)")
+    q.set_defaults(func=cmd_recipe)
     q = sub.add_parser("data", help="find, verify and describe the data")
     common(q, budget=False)
     q.set_defaults(func=cmd_data)

@@ -231,8 +231,19 @@ def from_official(root: Path, *, download: bool) -> Dataset:
     batch file (always) before it unpickles anything; a mismatch raises.
     """
     from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity, extract_archive
 
     root = Path(root)
+    archive = root / ARCHIVE_NAME
+    if archive.is_file() and not (root / EXTRACTED_NAME).is_dir():
+        # a local archive: verified and extracted here, offline (torchvision's own
+        # constructor only extracts what it has just downloaded)
+        if not check_integrity(str(archive), CIFAR10.tgz_md5):
+            raise DataError(f"{archive}: fails its MD5 check (expected {CIFAR10.tgz_md5}); "
+                            "the file is damaged or not the official archive. Delete it and "
+                            f"retry with internet access, or set {ENV_VAR} to a ready npz file.")
+        extract_archive(str(archive), str(root))
+        download = False
     try:
         train = CIFAR10(str(root), train=True, download=download)
         test = CIFAR10(str(root), train=False, download=download)

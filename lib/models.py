@@ -48,13 +48,30 @@ class ModelConfig:
     early_pool: bool = False     # pool after a block's first conv instead of after its last
     hidden: tuple = (512, 256)   # MLP hidden layer sizes
     n_classes: int = 10
+    # --- the fast recipe's options (chapter 5, "What each technique buys"); each off by
+    # default, so every run cached before them keeps its key (lib.runs.KEY_NEUTRAL_DEFAULTS)
+    block_widths: tuple = ()     # filters per block, e.g. (64, 256, 256); () = width*growth**i
+    whiten: bool = False         # a frozen 2x2 patch-whitening conv and the activation first
+    dirac_init: bool = False     # convs start as identity maps on their first channels
+    bn_frozen_scale: bool = False  # batch-norm scales fixed at 1 (only the biases train)
+    bn_momentum: float = 0.1     # running-statistics momentum (PyTorch's convention)
+    global_pool: str = "avg"     # "avg" or "max" over the last feature map
+    head_scale: float = 1.0      # multiplies the logits (airbench: 1/9)
 
     def __post_init__(self):
         check_model_config(self)
 
     def widths(self) -> list[int]:
-        """Filters per block, e.g. [32, 64, 128]."""
+        """Filters per block, e.g. [32, 64, 128] (``block_widths`` when given)."""
+        if self.block_widths:
+            return [int(w) for w in self.block_widths]
         return [int(round(self.width * self.growth**i)) for i in range(self.depth)]
+
+    def in_channels(self) -> int:
+        """Channels the first conv block sees: 3, or the whitening layer's outputs."""
+        from .fast import whiten_channels
+
+        return whiten_channels(3) if self.whiten else 3
 
 
 def check_model_config(c: ModelConfig) -> None:
@@ -62,6 +79,9 @@ def check_model_config(c: ModelConfig) -> None:
     def bad(name, value, allowed):
         raise ConfigError(f"model option {name}={value!r} is invalid; allowed: {allowed}")
 
+    from .train import check_types
+
+    check_types(c)
     if c.kind not in KINDS:
         bad("kind", c.kind, KINDS)
     if c.pool not in POOLS:
@@ -82,6 +102,24 @@ def check_model_config(c: ModelConfig) -> None:
         bad("dropout", c.dropout, "0 <= dropout < 1")
     if any(int(h) < 1 for h in c.hidden):
         bad("hidden", c.hidden, "positive layer sizes")
+    if c.block_widths and (len(c.block_widths) != c.depth
+                           or any(int(w) < 1 for w in c.block_widths)):
+        bad("block_widths", c.block_widths, f"() or {c.depth} positive widths (one per block)")
+    if c.global_pool not in POOLS:
+        bad("global_pool", c.global_pool, POOLS)
+    if not 0 < c.bn_momentum <= 1:
+        bad("bn_momentum", c.bn_momentum, "0 < bn_momentum <= 1")
+    if not (c.head_scale > 0 and np.isfinite(c.head_scale)):
+        bad("head_scale", c.head_scale, "> 0")
+    if c.kind == "mlp" and (c.whiten or c.dirac_init):
+        bad("whiten" if c.whiten else "dirac_init", True, "False for an MLP (conv options)")
+    if (c.bn_frozen_scale or c.bn_momentum != 0.1) and not c.batch_norm:
+        bad("bn_frozen_scale" if c.bn_frozen_scale else "bn_momentum",
+            c.bn_frozen_scale or c.bn_momentum, "its default unless batch_norm=True")
+    # each pooling halves the resolution (the whitening conv takes one pixel off first)
+    n = 31 if c.whiten else 32
+    if c.kind == "cnn" and n // 2**c.depth < 1:
+        bad("depth", c.depth, f"at most {int(np.log2(n))} blocks for a {n}x{n} input")
 
 
 def model_config(**overrides) -> ModelConfig:
@@ -92,8 +130,9 @@ def model_config(**overrides) -> ModelConfig:
         raise ConfigError(
             f"unknown model option(s) {sorted(unknown)}; known: {sorted(known)}"
         )
-    if "hidden" in overrides:
-        overrides["hidden"] = tuple(int(h) for h in overrides["hidden"])
+    for name in ("hidden", "block_widths"):
+        if name in overrides:
+            overrides[name] = tuple(int(h) for h in overrides[name])
     return ModelConfig(**overrides)
 
 
@@ -106,26 +145,41 @@ class CNN(nn.Module):
         pool = nn.MaxPool2d if c.pool == "max" else nn.AvgPool2d
         layers: list[nn.Module] = []
         c_in = 3
+        if c.whiten:
+            from .fast import Whitening
+
+            layers += [Whitening(c_in), act()]  # airbench: the activation follows it
+            c_in = layers[0].out_channels
         for w in c.widths():
             for i in range(c.convs_per_block):
-                layers.append(nn.Conv2d(c_in, w, c.kernel_size, padding=c.kernel_size // 2,
-                                        bias=not c.batch_norm))
+                conv = nn.Conv2d(c_in, w, c.kernel_size, padding=c.kernel_size // 2,
+                                 bias=not c.batch_norm)
+                if c.dirac_init:
+                    from .fast import dirac_init_
+
+                    dirac_init_(conv)
+                layers.append(conv)
                 if c.early_pool and i == 0:
                     layers.append(pool(2))
                 if c.batch_norm:
-                    layers.append(nn.BatchNorm2d(w))
+                    bn = nn.BatchNorm2d(w, momentum=c.bn_momentum)
+                    if c.bn_frozen_scale:
+                        bn.weight.requires_grad_(False)
+                    layers.append(bn)
                 layers.append(act())
                 c_in = w
             if not c.early_pool:
                 layers.append(pool(2))
         self.features = nn.Sequential(*layers)
+        gpool = nn.AdaptiveAvgPool2d(1) if c.global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(c.dropout),
-            nn.Linear(c_in, c.n_classes),
+            gpool, nn.Flatten(), nn.Dropout(c.dropout), nn.Linear(c_in, c.n_classes),
         )
+        self.head_scale = c.head_scale
 
     def forward(self, x):
-        return self.head(self.features(x))
+        out = self.head(self.features(x))
+        return out * self.head_scale if self.head_scale != 1.0 else out
 
 
 class MLP(nn.Module):
@@ -163,6 +217,12 @@ def macs(c: ModelConfig) -> int:
         sizes = [32 * 32 * 3, *map(int, c.hidden), c.n_classes]
         return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     total, n, c_in = 0, 32, 3
+    if c.whiten:
+        from .fast import WHITEN_KERNEL, whiten_channels
+
+        n = 32 - WHITEN_KERNEL + 1
+        total += n * n * 3 * whiten_channels(3) * WHITEN_KERNEL**2
+        c_in = whiten_channels(3)
     for w in c.widths():
         for i in range(c.convs_per_block):
             total += n * n * c_in * w * c.kernel_size**2

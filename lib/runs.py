@@ -34,7 +34,15 @@ from .train import Config, config_dict, config_from_dict, fit
 CACHE_VERSION = 1
 #: Config fields added after runs were cached: left out of the key while they hold
 #: these defaults, so that adding a field does not orphan every cached run.
-KEY_NEUTRAL_DEFAULTS = {"holdout": 0, "model.early_pool": False}
+KEY_NEUTRAL_DEFAULTS = {
+    "holdout": 0, "model.early_pool": False,
+    # the fast recipe (chapter 5, lib.fast)
+    "model.block_widths": [], "model.whiten": False, "model.dirac_init": False,
+    "model.bn_frozen_scale": False, "model.bn_momentum": 0.1, "model.global_pool": "avg",
+    "model.head_scale": 1.0, "parametrisation": "coupled", "bias_lr_scale": 1.0,
+    "whiten_bias_epochs": None, "lookahead_every": 0, "lookahead_decay": 0.95**5,
+    "translate": 4, "pad_mode": "zeros", "flip": "random", "tta": 0, "final_test": False,
+}
 RUNS_ENV = "LIB_RUNS_DIR"
 TMP = ".tmp"
 
@@ -218,7 +226,7 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
     key = run_key(c, ds.fingerprint, framework)
     final = root / group / key
     clean_stale_tmp(root)
-    tmp = root / TMP / f"{group.replace('/', '__')}-{key}-{os.getpid()}"
+    tmp = root / TMP / tmp_name(group, key)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -243,6 +251,12 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
             pd.DataFrame(res.activations).to_csv(tmp / "activations.csv", index=False)
         logits = "val_logits.npy" if c.holdout else "test_logits.npy"
         np.save(tmp / logits, np.clip(res.test_logits, -65504, 65504).astype(np.float16))
+        if res.tta_logits is not None:  # test-time augmentation (chapter 5)
+            np.save(tmp / logits.replace("_logits", "_logits_tta"),
+                    np.clip(res.tta_logits, -65504, 65504).astype(np.float16))
+        for name, arr in res.final_logits.items():  # final_test: the test set, once
+            np.save(tmp / f"{name.replace('test', 'test_logits')}.npy",
+                    np.clip(arr, -65504, 65504).astype(np.float16))
         if c.save_weights and framework == "keras":
             res.model.save_weights(tmp / "model.weights.h5")
         elif c.save_weights:
@@ -270,18 +284,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _host() -> str:
+    import socket
+
+    return socket.gethostname().replace("@", "_") or "unknown-host"
+
+
+def tmp_name(group: str, key: str) -> str:
+    """``<group>-<key>@<host>@<pid>``: the writer of a temporary run folder, so that a
+    runs folder shared by several machines is cleaned by each for its own dead runs."""
+    return f"{group.replace('/', '__')}-{key}@{_host()}@{os.getpid()}"
+
+
 def clean_stale_tmp(root: Path) -> list[Path]:
-    """Remove temporary run folders whose writer process is gone (a killed run)."""
+    """Remove temporary run folders written on this host by a process that is gone (a
+    killed run). Folders of other hosts, or of unknown writers, are never touched."""
     removed = []
     tmp_root = Path(root) / TMP
     if not tmp_root.is_dir():
         return removed
     for d in tmp_root.iterdir():
-        try:
-            pid = int(d.name.rsplit("-", 1)[1])
-        except (IndexError, ValueError):
+        parts = d.name.split("@")
+        if len(parts) != 3 or parts[1] != _host() or not parts[2].isdigit():
             continue
-        if not _pid_alive(pid):
+        if not _pid_alive(int(parts[2])):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed

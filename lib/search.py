@@ -238,25 +238,78 @@ def default_storage(study: str, runs_dir=None) -> str:
     return f"sqlite:///{(runs_root(runs_dir) / 'search' / f'{study}.db').resolve()}"
 
 
-def open_storage(url: str, heartbeat: bool = True):
-    """An Optuna RDB storage for ``url``; SearchError (one line) if it cannot be opened."""
+#: The optional extra that installs each database's driver (pyproject.toml).
+DRIVER_EXTRAS = {"postgresql": "pip install 'cifar-cnn-book[postgres]' (psycopg 3; write "
+                 "the URL as postgresql+psycopg://...)",
+                 "mysql": "pip install pymysql (write the URL as mysql+pymysql://...)"}
+
+
+def check_storage_url(url: str, create_dir: bool = False) -> None:
+    """SearchError (one line) for a SQLite path whose folder is missing or not a folder;
+    ``create_dir`` (the default storage under runs/) makes it instead."""
+    if not url.startswith("sqlite:///"):
+        return
+    folder = Path(url[len("sqlite:///"):]).parent
+    if create_dir:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SearchError(f"cannot create the study folder {folder}: {e.strerror}") from None
+    elif not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise SearchError(f"--storage {url!r}: the folder {folder} {what}; create it first "
+                          "or give another path")
+
+
+def open_storage(url: str, heartbeat: bool = True, create_dir: bool = False):
+    """An Optuna RDB storage for ``url``; SearchError (one line) if it cannot be opened.
+
+    Several processes may open a new SQLite storage at once: its schema is created
+    under a file lock (Optuna would otherwise race on its ``alembic_version`` table).
+    """
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    check_storage_url(url, create_dir)
     kw = {}
     if heartbeat:
         kw = dict(heartbeat_interval=30, grace_period=120)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _storage_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if heartbeat:
                 kw["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(3)
             return RDBStorage(url, **kw)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        dialect = url.split(":", 1)[0].split("+", 1)[0]
+        if isinstance(e, ImportError) or "Failed to import DB access module" in first:
+            hint = DRIVER_EXTRAS.get(dialect, "install the database driver SQLAlchemy names")
+            raise SearchError(f"cannot open the study storage {url!r}: its database driver "
+                              f"is not installed; {hint}") from None
         raise SearchError(f"cannot open the study storage {url!r}: {first}") from None
+
+
+class _storage_lock:
+    """An exclusive lock on ``<db>.lock`` beside a SQLite file (no-op for servers)."""
+
+    def __init__(self, url: str):
+        self.path = Path(url[len("sqlite:///"):] + ".lock") \
+            if url.startswith("sqlite:///") else None
+        self.f = None
+
+    def __enter__(self):
+        if self.path is not None:
+            import fcntl
+
+            self.f = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+            fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()  # releases the lock
+        return False
 
 
 def make_sampler(spec: StudySpec, offset: int = 0):
@@ -375,6 +428,11 @@ def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progre
     def f(trial):
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        if n_trained(trial.study) + n_running_elsewhere(trial.study, trial.number) \
+                >= spec.n_trials:  # another worker took the last trial meanwhile
+            trial.set_user_attr("skipped", "the study has enough trials")
+            trial.set_user_attr("epochs_run", 0)
+            raise optuna.TrialPruned()
         params = {name: suggest(trial, name, s) for name, s in spec.space.items()}
         c = trial_config(spec, params)
         cost = macs(c.model)
@@ -432,13 +490,51 @@ def recover(study, spec: StudySpec) -> list[int]:
     return failed
 
 
+def die_with_parent() -> None:
+    """A worker process ends when the process that started it ends, even by SIGKILL:
+    Linux's parent-death signal where available, else a thread watching the parent."""
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) == 0:  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the call
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def n_running_elsewhere(study, number: int | None = None) -> int:
+    """Trials other workers are training now (RUNNING, not trial ``number``)."""
+    from optuna.trial import TrialState
+
+    return sum(t.number != number and "skipped" not in t.user_attrs
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
 def _worker(spec: StudySpec, storage_url: str, data_dir, runs_dir, device, threads,
-            synthetic: bool, progress, worker: int = 0, ds: Dataset | None = None) -> None:
+            synthetic: bool, progress, worker: int = 0, ds: Dataset | None = None,
+            child: bool = False) -> None:
     import torch
 
     from .data import load_cifar10
     from .data import synthetic as synth
 
+    if child:
+        die_with_parent()
     if threads:
         torch.set_num_threads(threads)
     if ds is None:
@@ -450,7 +546,8 @@ def _worker(spec: StudySpec, storage_url: str, data_dir, runs_dir, device, threa
             study.stop()
 
     idle = 0  # trials in a row that trained nothing (duplicates, over the cap)
-    while n_trained(study) < spec.n_trials:
+    # rechecked before every trial: trials other workers are training count too
+    while n_trained(study) + n_running_elsewhere(study) < spec.n_trials:
         if spec.sampler == "grid" and _grid_done(study, spec):
             break
         if idle > 200:
@@ -481,7 +578,7 @@ def run_study(spec: StudySpec, storage: str | None = None, n_workers: int = 1,
     With one worker, ``data`` (a Dataset) may be passed in.
     """
     url = storage or default_storage(spec.name, runs_dir)
-    st = open_storage(url)
+    st = open_storage(url, create_dir=storage is None)
     study = create_study(spec, st)
     failed = recover(study, spec)
     if failed:
@@ -497,7 +594,8 @@ def run_study(spec: StudySpec, storage: str | None = None, n_workers: int = 1,
     else:
         threads = max(1, (os.cpu_count() or 1) // n_workers)
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(*args, threads, synthetic, False, i))
+        procs = [ctx.Process(target=_worker, args=(*args, threads, synthetic, False, i),
+                             kwargs=dict(child=True), daemon=False)
                  for i in range(n_workers)]
         for p in procs:
             p.start()

@@ -134,3 +134,63 @@ def test_synthetic_is_cifar_shaped():
     ds = data.synthetic(30, 20)
     data.validate(ds.x_train, ds.y_train, ds.x_test, ds.y_test, full=False)
     assert ds.x_train.shape == (30, 32, 32, 3)
+
+
+def official_archive(tmp_path, monkeypatch, n_per_batch=20):
+    """A CIFAR-10-format archive of synthetic images, with torchvision's expected MD5s
+    patched to its own (the real ones belong to the 163 MB official file)."""
+    import hashlib
+    import tarfile
+
+    from torchvision.datasets import CIFAR10
+
+    ds = data.synthetic(5 * n_per_batch, n_per_batch)
+    src = tmp_path / "build" / data.EXTRACTED_NAME
+    src.mkdir(parents=True)
+
+    def batch(x, y):
+        return {"data": x.transpose(0, 3, 1, 2).reshape(len(y), -1), "labels": y.tolist()}
+
+    parts = {f"data_batch_{i + 1}": batch(ds.x_train[i::5], ds.y_train[i::5]) for i in range(5)}
+    parts["test_batch"] = batch(ds.x_test, ds.y_test)
+    parts["batches.meta"] = {"label_names": list(data.CLASSES)}
+    md5 = {}
+    for name, obj in parts.items():
+        (src / name).write_bytes(pickle.dumps(obj))
+        md5[name] = hashlib.md5((src / name).read_bytes()).hexdigest()
+    root = tmp_path / "data"
+    root.mkdir()
+    with tarfile.open(root / data.ARCHIVE_NAME, "w:gz") as tar:
+        tar.add(src, arcname=data.EXTRACTED_NAME)
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]]
+                                                for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+    monkeypatch.setattr(CIFAR10, "tgz_md5",
+                        hashlib.md5((root / data.ARCHIVE_NAME).read_bytes()).hexdigest())
+    return root
+
+
+def test_local_official_archive_is_verified_and_used_offline(tmp_path, monkeypatch):
+    """A valid cifar-10-python.tar.gz is checked, extracted and read with no network."""
+    import socket
+
+    root = official_archive(tmp_path, monkeypatch)
+
+    def no_network(*a, **k):
+        raise AssertionError("tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(data, "validate", lambda *a, **k: None)  # 100 images, not 50,000
+    ds = data.load_cifar10(root, full=False)
+    assert len(ds.y_train) == 100 and (root / data.CACHE_NAME).is_file()
+    assert "MD5 verified" in ds.source
+
+
+def test_damaged_local_archive_names_the_md5(tmp_path, monkeypatch):
+    root = official_archive(tmp_path, monkeypatch)
+    f = root / data.ARCHIVE_NAME
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(DataError, match="fails its MD5 check"):
+        data.load_cifar10(root, full=False)
+    assert not (root / data.EXTRACTED_NAME).exists()  # nothing extracted, nothing unpickled
