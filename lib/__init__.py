@@ -10,7 +10,7 @@ def _load_triton_before_tensorflow() -> None:
     """TensorFlow and triton (which torch loads lazily, at the first optimiser) each
     bundle their own LLVM; loading triton after TensorFlow kills the process with a
     segmentation fault (seen here; PythonOT/POT#839). TensorBoard imports TensorFlow
-    where it is installed (chapter 7's extra), so load triton first."""
+    where it is installed (chapter 8's extra), so load triton first."""
     import importlib.util
 
     try:

@@ -199,7 +199,7 @@ def knn_accuracy(ds: Dataset, n_train: int = 12_000, n_test: int = 2_000, k: int
 
 
 # --------------------------------------------------------------------------
-# chapter 6: what the search tells us
+# chapter 7: what the search tells us
 # --------------------------------------------------------------------------
 IMPORTANCE_METHODS = ("fanova", "ped-anova")
 
@@ -219,7 +219,7 @@ def importance(trials: list, method: str, n_boot: int = 100, seed: int = 0) -> p
     al.'s functional ANOVA on a random forest; "ped-anova": Watanabe et al.'s
     Pearson-divergence ANOVA of the top 10 %), each normalised to sum to one, with a
     bootstrap over trials: the point estimate on all trials and the 5th-95th
-    percentile interval over ``n_boot`` resamples (chapter 6)."""
+    percentile interval over ``n_boot`` resamples (chapter 7)."""
     import warnings
 
     import optuna
@@ -260,7 +260,7 @@ def importance(trials: list, method: str, n_boot: int = 100, seed: int = 0) -> p
 
 def feature_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     """Trial parameters as numbers for a surrogate: learning rate, batch size and weight
-    decay as log10, booleans and the optimiser as 0/1 (chapter 6)."""
+    decay as log10, booleans and the optimiser as 0/1 (chapter 7)."""
     out = pd.DataFrame(index=df.index)
     for p in params:
         v = df[p]
@@ -305,7 +305,7 @@ def partial_dependence_2d(model, X: pd.DataFrame, a: str, b: str, n: int = 12) -
 
 def additive_fit(df: pd.DataFrame, x1: str, x2: str, y: str = "value", n_knots: int = 4) -> float:
     """R^2 of the best *additive* smooth model y ~ f(x1) + g(x2) (splines, ridge): how
-    much of y two knobs explain without any interaction between them (chapter 6)."""
+    much of y two knobs explain without any interaction between them (chapter 7)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
@@ -323,7 +323,7 @@ def interaction_check(df: pd.DataFrame, knob: str, other: str, decoupled: str,
     """Does an interaction between ``knob`` and ``other`` survive a reparametrisation?
     Compares the additive fit in the given coordinates (knob, other) with the one in
     (decoupled, other): if the decoupled additive model explains much more, the
-    interaction was an artefact of how the knobs are defined (chapter 6)."""
+    interaction was an artefact of how the knobs are defined (chapter 7)."""
     r_coupled = additive_fit(df, knob, other, y)
     r_decoupled = additive_fit(df, decoupled, other, y)
     return dict(coupled=(knob, other), decoupled=(decoupled, other),
@@ -331,7 +331,7 @@ def interaction_check(df: pd.DataFrame, knob: str, other: str, decoupled: str,
 
 
 def interaction_verdict(ic: dict, margin: float = 0.05) -> str:
-    """One sentence on what :func:`interaction_check` found (chapter 6)."""
+    """One sentence on what :func:`interaction_check` found (chapter 7)."""
     c, d = ic["r2_coupled"], ic["r2_decoupled"]
     if d > c + margin:
         return (f"Decoupled, the additive model explains more (R² {d:.2f} against {c:.2f}): "
@@ -358,7 +358,7 @@ def line_summary(line: pd.DataFrame) -> dict:
 def spread_growth(weights: pd.DataFrame) -> pd.Series:
     """Per layer, the interquartile range of its weights at the last epoch divided by
     the one at initialisation (epoch 0): how much training widened (> 1) or narrowed
-    (< 1) each layer's weight distribution (chapter 6)."""
+    (< 1) each layer's weight distribution (chapter 7)."""
     iqr = weights.assign(iqr=weights.q75 - weights.q25)
     first = iqr[iqr.epoch == iqr.epoch.min()].set_index("layer").iqr
     last = iqr[iqr.epoch == iqr.epoch.max()].set_index("layer").iqr
@@ -393,7 +393,7 @@ ALPHAS = tuple(float(a) for a in np.linspace(0, 1, 21))
 def interpolate(model, sd_a: dict, sd_b: dict, x_train, x_eval, y_eval,
                 alphas=ALPHAS, batch: int = 500) -> pd.DataFrame:
     """Loss and accuracy of the weights (1 - alpha) * a + alpha * b on the straight line
-    between two solutions (chapter 6). Batch-norm statistics are re-estimated on
+    between two solutions (chapter 7). Batch-norm statistics are re-estimated on
     ``x_train`` at every point, since averaged weights do not fit averaged statistics.
 
     ``x_*`` are normalised float tensors (``lib.train.to_input``); ``model`` is a
@@ -422,11 +422,11 @@ def interpolate(model, sd_a: dict, sd_b: dict, x_train, x_eval, y_eval,
 
 
 # --------------------------------------------------------------------------
-# chapter 5: test-time augmentation of the re-trained models
+# chapter 6: test-time augmentation of the re-trained models
 # --------------------------------------------------------------------------
 def flip_tta(run, ds: Dataset, batch_size: int = 500) -> dict:
     """A re-trained run's test accuracy without and with flip test-time augmentation:
-    the logits of each test image and of its mirror image, averaged (chapter 5). Both
+    the logits of each test image and of its mirror image, averaged (chapter 6). Both
     are computed here in fp32, so the difference is the augmentation's alone."""
     import torch
 

@@ -188,7 +188,7 @@ def overhead_ratios(df):
 
 def framework_speed(ds: Dataset, c, repeats: int = 3, log=print):
     """Training throughput of ``c`` in PyTorch (:func:`lib.train.fit`) and in Keras
-    (:func:`lib.keras_cnn.fit`), alternated ``repeats`` times (chapter 7). Each run is
+    (:func:`lib.keras_cnn.fit`), alternated ``repeats`` times (chapter 8). Each run is
     a fresh Python process, so that neither framework runs beside the other's runtime
     (TensorFlow's thread pools and its own oneDNN stay loaded once it has run). Each
     run trains two epochs; images/s is taken from the
@@ -247,3 +247,87 @@ def _speed_child(npz: str, config_json: str, framework: str) -> dict:
     n = res.summary["train_images"] // c.batch_size * c.batch_size
     return dict(images_per_s=n / last["train_s"], epoch_s=last["train_s"],
                 precision=res.summary["amp_dtype"])
+
+
+# --------------------------------------------------------------------------
+# chapter 5: the fast recipe's speed, against this CPU's peak
+# --------------------------------------------------------------------------
+def cpu_peak_gflops(cores: int | None = None) -> dict:
+    """This CPU's fp32 peak as we assume it: cores x clock x FLOPs per cycle, with two
+    fused multiply-add pipes of the widest vector the flags name (AVX-512: 16 floats,
+    AVX2: 8), 2 FLOPs per FMA. An upper bound: some CPUs (AMD Zen 4) run 512-bit
+    instructions in two halves, and clocks drop under vector load."""
+    from .train import cpu_flags
+
+    flags = cpu_flags().split()
+    width = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    mhz = 0.0
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = max(float(ln.split(":")[1]) for ln in f if ln.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        pass
+    cores = cores or torch.get_num_threads()
+    per_cycle = 2 * width * 2
+    return dict(cores=cores, mhz=mhz, flops_per_cycle=per_cycle, flags=" ".join(flags),
+                peak_gflops=cores * mhz * 1e-3 * per_cycle)
+
+
+def training_flops(model_cfg) -> float:
+    """FLOPs of one training step per image: 2 FLOPs per multiply-add of the forward
+    pass (convolutions and linear layers, :func:`lib.models.macs`), times 3 for the
+    forward pass and the two products of the backward pass."""
+    from .models import macs
+
+    return 3 * 2 * macs(model_cfg)
+
+
+def op_profile(c, ds: Dataset, device, steps: int = 2):
+    """Self CPU time per operator of ``steps`` training steps of ``c`` (torch.profiler):
+    which layer type is slow in a precision."""
+    import pandas as pd
+    from torch.profiler import ProfilerActivity, profile
+
+    from .train import fit
+
+    c = make_config(c, epochs=1, n_train=c.batch_size * (steps + 1), n_test=100,
+                    save_weights=False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fit(c, ds, device=device, progress=False)
+    rows = [dict(op=e.key, self_cpu_ms=e.self_cpu_time_total / 1e3, calls=e.count)
+            for e in prof.key_averages()]
+    return pd.DataFrame(rows).sort_values("self_cpu_ms", ascending=False).head(12)
+
+
+def recipe_speed(ds: Dataset, configs: dict, steps: int = 4, warmup: int = 1,
+                 device: str = "auto", echo=print):
+    """Training images/s and achieved GFLOP/s of each named config, in fp32 and with
+    bf16 autocast, measured one after the other in this process (chapter 5)."""
+    import pandas as pd
+
+    dev = resolve_device(device)
+    peak = cpu_peak_gflops()
+    echo(f"CPU flags: {peak['flags']}; assumed fp32 peak {peak['peak_gflops']:.0f} GFLOP/s "
+         f"({peak['cores']} cores x {peak['mhz']:.0f} MHz x {peak['flops_per_cycle']} "
+         "FLOPs/cycle)")
+    rows = []
+    for name, c in configs.items():
+        for prec in ("fp32", "bf16"):
+            common = dict(epochs=1, n_test=200, save_weights=False, precision=prec, tta=0)
+            fit(make_config(c, n_train=warmup * c.batch_size, **common), ds, device=dev,
+                progress=False)
+            res = fit(make_config(c, n_train=steps * c.batch_size, **common), ds, device=dev,
+                      progress=False)
+            ips = res.summary["images_per_s"]
+            gf = ips * training_flops(c.model) / 1e9
+            rows.append(dict(config=name, precision=prec, batch_size=c.batch_size,
+                             images_per_s=ips, gflops=gf, peak_fraction=gf / peak["peak_gflops"]
+                             if peak["peak_gflops"] else float("nan"),
+                             minutes_per_epoch=50_000 / ips / 60))
+            echo(f"{name:28s} {prec}: {ips:7.0f} images/s, {gf:6.1f} GFLOP/s "
+                 f"({rows[-1]['peak_fraction']:.1%} of the assumed peak)")
+    df = pd.DataFrame(rows)
+    for name in configs:
+        r = df[df.config == name].set_index("precision").images_per_s
+        echo(f"{name}: bf16 / fp32 = {r['bf16'] / r['fp32']:.2f}x")
+    return df

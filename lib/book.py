@@ -139,19 +139,19 @@ def ch04_overhead_config(budget: str) -> Config:
 
 
 def ch07_configs(budget: str) -> list[Config]:
-    """Chapter 7's Keras runs: exactly chapter 3's CNN runs (same seeds), which chapter 7
+    """Chapter 8's Keras runs: exactly chapter 3's CNN runs (same seeds), which chapter 8
     trains a second time with ``lib.keras_cnn`` (``runs.get(..., framework="keras")``)."""
     return ch03_configs(budget)["cnn"]
 
 
 def ch07_speed_config(budget: str) -> Config:
-    """What chapter 7's throughput benchmark trains in each framework (two epochs)."""
+    """What chapter 8's throughput benchmark trains in each framework (two epochs)."""
     return make_config(ch03_cnn_config(budget),
                        n_train={"smoke": None, "cpu": 5_000, "gpu": 20_000}[budget])
 
 
 def ch07_speed(data: Dataset, budget: str, runs_dir=None, repeats: int | None = None):
-    """Chapter 7's throughput benchmark (:func:`lib.bench.framework_speed`), computed
+    """Chapter 8's throughput benchmark (:func:`lib.bench.framework_speed`), computed
     once per config and data and cached in ``runs/ch07/``."""
     from .bench import framework_speed
     from .runs import cached
@@ -177,7 +177,7 @@ def points(d: float) -> str:
 
 
 def versus_ch3(ch3_acc: float, ch3_epochs: int, found: dict) -> str:
-    """Chapter 5's verdict on the search against chapter 3's hand-picked CNN, worded by
+    """Chapter 6's verdict on the search against chapter 3's hand-picked CNN, worded by
     the numbers: ``found`` maps epochs -> the re-trained config's mean test accuracy."""
     parts = []
     for e, acc in sorted(found.items()):
@@ -193,7 +193,7 @@ def versus_ch3(ch3_acc: float, ch3_epochs: int, found: dict) -> str:
 
 
 def epoch_returns(found: dict) -> str:
-    """What each further block of epochs bought, worded by the numbers (chapter 5):
+    """What each further block of epochs bought, worded by the numbers (chapter 6):
     ``found`` maps epochs -> one configuration's mean test accuracy at that budget."""
     es = sorted(found)
     if len(es) < 2:
@@ -219,7 +219,7 @@ def epoch_returns(found: dict) -> str:
 
 
 def versus_seeds(name_a: str, accs_a, name_b: str, accs_b, alpha: float = 0.05) -> str:
-    """Two configs' test accuracies over seeds, compared in words (chapter 5): the means,
+    """Two configs' test accuracies over seeds, compared in words (chapter 6): the means,
     the difference, and whether Welch's t-test over the seeds separates them."""
     from scipy import stats
 
@@ -245,7 +245,7 @@ def versus_seeds(name_a: str, accs_a, name_b: str, accs_b, alpha: float = 0.05) 
 
 def code_lines(*objs) -> int:
     """Lines of code in functions/classes: blank lines, comments and docstrings not
-    counted (chapter 7 compares the two frameworks' code with it)."""
+    counted (chapter 8 compares the two frameworks' code with it)."""
     import ast
     import inspect
     import textwrap

@@ -143,6 +143,10 @@ def record_inputs(nb_path: Path, params: dict) -> None:
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
+    for c in nb.cells:  # the reader sees prose, figures and code, not the plumbing
+        tags = c.metadata.get("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
+            c.metadata["tags"] = [*tags, "remove-cell"]
     read = json.loads(_glued(nb, "inputs_read") or "[]")
     nb.metadata[META] = {"read": read, "params": params,
                          "inputs": inputs_digest(nb_path, params, read)}
@@ -223,6 +227,49 @@ def build_html(root: Path = REPO_ROOT, builder: str = "html") -> None:
         raise UserError(f"jupyter-book build failed (exit {r.returncode}); see the output above")
 
 
+#: ``python -m lib book`` stops when the plan would train longer than this, unless --train.
+TRAIN_THRESHOLD_MIN = 30
+
+
+def plan_summary(budget: str, data_dir=None, runs_dir=None, device="auto",
+                 measure: bool | None = None, echo=print, full: bool = True):
+    """Print the plan (every run each chapter would read or train, with estimates) and
+    return the estimated training minutes (:mod:`lib.plan`)."""
+    from . import plan
+    from .data import load_cifar10
+    from .train import resolve_device
+
+    dev = str(resolve_device(device))
+    fp = "synthetic" if budget == "smoke" else load_cifar10(data_dir or None).fingerprint
+    if measure is None:
+        measure = not dev.startswith("cpu")
+    df, cost = plan.table(budget, fp, runs_dir, dev, measure=measure)
+    todo = df[~df.cached]
+    if full and len(todo):
+        with_pd_options(lambda: echo(todo.drop(columns=["cached"]).to_string(
+            index=False, float_format=lambda v: f"{v:.1f}")))
+    minutes = float(todo.minutes.sum())
+    scale = f"; device speed x{cost.scale:.2f} of the cached runs' (measured)" \
+        if cost.scale != 1.0 else ""
+    echo(f"plan (budget {budget}, data {fp}): {int(df.cached.sum())} runs cached, {len(todo)} "
+         f"to train, about {minutes:.0f} minutes of training{scale}"
+         if len(todo) else f"plan (budget {budget}, data {fp}): nothing to train "
+         f"({len(df)} items, all cached)")
+    return minutes
+
+
+def with_pd_options(fn):
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        return fn()
+
+
+def cmd_plan(a) -> None:
+    plan_summary(a.budget, a.data_dir, a.runs_dir, a.device,
+                 measure=True if a.measure else None)
+
+
 def cmd_book(a) -> None:
     nbs = chapters()
     if a.only:
@@ -232,6 +279,11 @@ def cmd_book(a) -> None:
     params = {k: v for k, v in dict(budget=a.budget, device=a.device, data_dir=a.data_dir,
                                     runs_dir=a.runs_dir).items() if v is not None}
     check_params(params)
+    minutes = plan_summary(a.budget, a.data_dir, a.runs_dir, a.device, full=False)
+    if minutes > TRAIN_THRESHOLD_MIN and not a.train:
+        raise UserError(f"the book would train about {minutes:.0f} minutes first (more than "
+                        f"{TRAIN_THRESHOLD_MIN}); `python -m lib plan` lists what, and "
+                        "`--train` (make book TRAIN=1) goes ahead")
     for nb in nbs:
         why = ["--force"] if a.force else staleness(nb, params)
         name = nb.relative_to(REPO_ROOT)
@@ -391,6 +443,20 @@ def cmd_bench(a) -> None:
     from . import bench, book
     from .data import load_cifar10, synthetic
 
+    if a.recipe:
+        from . import recipe
+
+        budget = "smoke" if a.synthetic else "cpu"
+        if a.synthetic:  # a dry run: measured, printed, not cached
+            cfgs = recipe.speed_configs(budget)
+            n = max(c.batch_size for c in cfgs.values()) * (a.steps + 2)
+            bench.recipe_speed(synthetic(n_train=n, n_test=500), cfgs, steps=a.steps,
+                               device=a.device)
+            return
+        df = recipe.speed_table(load_cifar10(a.data_dir), budget, steps=a.steps,
+                                device=a.device)
+        print(df.drop(columns=["cpu_flags"]).to_string(index=False))
+        return
     ds = synthetic(n_train=a.batch_size * (a.steps + 3) * 2, n_test=500) if a.synthetic \
         else load_cifar10(a.data_dir)
     bench.run(ds, book.ch03_cnn_model(), batch_size=a.batch_size, steps=a.steps,
@@ -430,7 +496,17 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--only", nargs="*", help="chapter file prefixes, e.g. 01 03")
     q.add_argument("--force", action="store_true",
                    help="re-execute every chapter, even those whose inputs did not change")
+    q.add_argument("--train", action="store_true",
+                   help=f"go ahead even when the plan trains more than {TRAIN_THRESHOLD_MIN} "
+                   "minutes")
     q.set_defaults(func=cmd_book)
+    q = sub.add_parser("plan", help="what the book would read from runs/ and what it would "
+                       "train, with estimated minutes (trains nothing)")
+    common(q)
+    q.add_argument("--measure", action="store_true",
+                   help="time the chapter-3 CNN here to scale the estimates (default off the "
+                   "CPU)")
+    q.set_defaults(func=cmd_plan)
     q = sub.add_parser("html", help="build the HTML from the executed notebooks (no training)")
     q.set_defaults(func=cmd_html)
     q = sub.add_parser("pdf", help="build the PDF handout (LaTeX) from the executed notebooks")
@@ -444,7 +520,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--group", default="cli", help="runs/<group>/ to write into")
     q.add_argument("--synthetic", action="store_true", help="tiny synthetic data (a dry run)")
     q.set_defaults(func=cmd_train)
-    q = sub.add_parser("sweep", help="run or resume a hyperparameter study (chapter 5)")
+    q = sub.add_parser("sweep", help="run or resume a hyperparameter study (chapter 6)")
     common(q)
     q.add_argument("--study", default="main",
                    help="main, grid-lr-bs, pair-pruned, pair-sha, pair-full, "
@@ -462,9 +538,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--synthetic", action="store_true", help="tiny synthetic data (a dry run)")
     q.add_argument("--retrain", type=int, default=0, metavar="K",
                    help="instead of searching: re-train the study's K best configs on the "
-                        "whole training set, full epoch budget, several seeds (chapter 5)")
+                        "whole training set, full epoch budget, several seeds (chapter 6)")
     q.add_argument("--epochs", type=int, default=None,
-                   help="with --retrain: epochs per run instead of the budget's (chapter 5 "
+                   help="with --retrain: epochs per run instead of the budget's (chapter 6 "
                         "also re-trains the best config at twice the budget's epochs)")
     q.add_argument("--seeds", type=int, default=None,
                    help="with --retrain: the first N seeds instead of the budget's")
@@ -481,6 +557,8 @@ def parser() -> argparse.ArgumentParser:
     common(q, budget=False)
     q.add_argument("--batch-size", type=int, default=128)
     q.add_argument("--steps", type=int, default=30, help="timed steps per pipeline")
+    q.add_argument("--recipe", action="store_true",
+                   help="time chapter 5's recipe in fp32 and bf16 against this CPU's peak")
     q.add_argument("--check-precision", action="store_true",
                    help="also compare test accuracy with bf16 autocast and fp32")
     q.add_argument("--synthetic", action="store_true", help="synthetic data (no dataset needed)")

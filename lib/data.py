@@ -362,7 +362,7 @@ def holdout_split(ds: Dataset, n_val: int, seed: int = 0) -> Dataset:
     """Train on all but ``n_val`` training images; the held-out ones take the test slot.
 
     Class-stratified, with a fixed ``seed`` so that every trial of a search is
-    scored on the same validation images (chapter 5); the test set is not used.
+    scored on the same validation images (chapter 6); the test set is not used.
     """
     if not 0 < n_val < len(ds.y_train):
         raise ValueError(f"holdout={n_val} must be between 1 and {len(ds.y_train) - 1}")

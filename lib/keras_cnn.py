@@ -1,11 +1,11 @@
-"""Chapter 7: the chapter-3 CNN in TensorFlow/Keras 3, trained with ``model.fit``.
+"""Chapter 8: the chapter-3 CNN in TensorFlow/Keras 3, trained with ``model.fit``.
 
 Same architecture (built from the same :class:`lib.models.ModelConfig`), same data
 and split, same augmentation (zero-pad 4, random 32x32 crop, horizontal flip), same
 normalisation, optimiser (SGD with Nesterov momentum), weight decay on kernels only,
 learning-rate schedule and epoch budget as :func:`lib.train.fit`. Where Keras's
 defaults differ from PyTorch's, this module sets PyTorch's values and says so
-(:data:`DEFAULTS_CHANGED`); chapter 7 discusses each difference.
+(:data:`DEFAULTS_CHANGED`); chapter 8 discusses each difference.
 
 Runs are cached like every other run (``lib.runs.get(..., framework="keras")``):
 metrics per epoch, per-layer weight statistics per epoch, test logits, the weights,
@@ -24,7 +24,7 @@ from .models import ConfigError, ModelConfig
 from .train import Config, Result, array_stats, hardware, prepare_data, resolve_precision
 
 #: What Keras does by default and what we set instead, so that the two frameworks
-#: train the same model (chapter 7 prints this table).
+#: train the same model (chapter 8 prints this table).
 DEFAULTS_CHANGED = [
     ("conv/dense kernel init", "Glorot uniform",
      "U(±1/√fan_in) (PyTorch's kaiming_uniform(a=√5))"),
@@ -39,7 +39,7 @@ DEFAULTS_CHANGED = [
 
 
 class KerasUnavailable(ImportError):
-    """TensorFlow/Keras cannot be imported (chapter 7 prints the reason in one line)."""
+    """TensorFlow/Keras cannot be imported (chapter 8 prints the reason in one line)."""
 
 
 def _import():
@@ -55,7 +55,7 @@ def _import():
     except ImportError as e:
         raise KerasUnavailable(
             f"TensorFlow/Keras is not importable ({e}); install it with "
-            "`pip install -e '.[keras]'` (or `make`) to run chapter 7") from None
+            "`pip install -e '.[keras]'` (or `make`) to run chapter 8") from None
     if keras.backend.backend() != "tensorflow":
         raise KerasUnavailable(f"Keras runs on the {keras.backend.backend()!r} backend; "
                                "set KERAS_BACKEND=tensorflow")
@@ -83,7 +83,7 @@ def build_model(m: ModelConfig, weight_decay: float = 0.0, seed: int = 0):
     """The CNN ``m`` describes as a Keras functional model (channels-last input).
 
     ``weight_decay`` becomes an L2 penalty ``wd/2 * sum(w**2)`` on every kernel:
-    its gradient ``wd * w`` is exactly what PyTorch's SGD adds (chapter 7)."""
+    its gradient ``wd * w`` is exactly what PyTorch's SGD adds (chapter 8)."""
     tf, keras = _import()
     L = keras.layers
     if m.kind != "cnn":
@@ -127,7 +127,7 @@ def count_params(model) -> int:
 
 def from_torch(model, torch_model) -> None:
     """Copy a trained :class:`lib.models.CNN`'s weights into the Keras ``model`` of the
-    same config (chapter 7: the same weights give the same predictions). Conv kernels
+    same config (chapter 8: the same weights give the same predictions). Conv kernels
     go from (out, in, h, w) to (h, w, in, out), dense ones are transposed."""
     from torch import nn
 
@@ -163,7 +163,7 @@ def same_weights_check(torch_model, m: ModelConfig, ds: Dataset, batch: int = 10
     """Copy ``torch_model``'s weights into a new Keras model of config ``m`` and run
     both on ``ds``'s test set: a one-row DataFrame with the share of images on which
     they predict the same class, the largest logit difference and both accuracies
-    (chapter 7)."""
+    (chapter 8)."""
     import pandas as pd
     import torch
 

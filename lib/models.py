@@ -1,7 +1,7 @@
 """The two model families of the book, built from one config.
 
 Introduced in chapter 1 (a small CNN whose filters we look at) and chapter 3
-(MLP vs CNN); chapter 5 searches over :class:`ModelConfig`'s fields.
+(MLP vs CNN); chapter 6 searches over :class:`ModelConfig`'s fields.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ModelConfig:
     2x2 pooling; a global average pool and one linear layer classify. With
     ``early_pool`` the pooling comes right after a block's first convolution
     (airbench's layout): the block's other convolutions run at half the
-    resolution, for a quarter of their compute (chapter 5 searches over it).
+    resolution, for a quarter of their compute (chapter 6 searches over it).
     An MLP flattens the image and applies ``hidden`` fully connected layers.
     """
 
@@ -137,7 +137,7 @@ def model_config(**overrides) -> ModelConfig:
 
 
 class CNN(nn.Module):
-    """The configurable CNN (chapter 1, chapter 3, chapter 5)."""
+    """The configurable CNN (chapter 1, chapter 3, chapter 6)."""
 
     def __init__(self, c: ModelConfig):
         super().__init__()
@@ -212,7 +212,7 @@ def count_params(model: nn.Module) -> int:
 
 def macs(c: ModelConfig) -> int:
     """Multiply-accumulates of one forward pass on a 32x32 image (convolutions and
-    linear layers; chapter 5 caps the search's compute with it)."""
+    linear layers; chapter 6 caps the search's compute with it)."""
     if c.kind == "mlp":
         sizes = [32 * 32 * 3, *map(int, c.hidden), c.n_classes]
         return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))

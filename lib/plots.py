@@ -298,7 +298,7 @@ def per_class_bars(acc: pd.DataFrame):
 
 
 # --------------------------------------------------------------------------
-# chapter 5: the search
+# chapter 6: the search
 # --------------------------------------------------------------------------
 def _in_order(df: pd.DataFrame) -> pd.DataFrame:
     """Trained trials (``lib.search.trained_frame``) in order, with the epochs spent so far."""
@@ -336,7 +336,7 @@ def search_history(df: pd.DataFrame, title: str = ""):
 
 def pruning_compare(frames: dict):
     """Best full-budget validation accuracy so far against epochs spent, one line per
-    study (chapter 5's paired study: the same configs with and without pruning)."""
+    study (chapter 6's paired study: the same configs with and without pruning)."""
     fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2))
     for name, df in frames.items():
         d = _in_order(df)
@@ -373,7 +373,7 @@ def retrain_results(df: pd.DataFrame):
 
 
 # --------------------------------------------------------------------------
-# chapter 6: what the search tells us
+# chapter 7: what the search tells us
 # --------------------------------------------------------------------------
 LOG_PARAMS = ("lr", "batch_size", "weight_decay")
 
@@ -579,5 +579,54 @@ def interpolation(lines: dict):
     for ax in axes:
         ax.set_xlabel("alpha")
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def recipe_curves(metrics: list, label: str = "test"):
+    """Per-epoch accuracy of several seeds of one recipe (chapter 5): each seed's
+    training-batch and evaluation accuracy."""
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2))
+    col = f"{label}_acc"
+    for i, m in enumerate(metrics):
+        ax.plot(m.epoch, m.train_acc, color="C0", ls="--", alpha=0.7,
+                label="training batches (augmented)" if i == 0 else None)
+        ax.plot(m.epoch, m[col], color="C1", marker="o", ms=3,
+                label=f"{label} set" if i == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    _integer_epochs(ax)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ablation(df: pd.DataFrame, per_seed: pd.DataFrame):
+    """The ladder (each step adds one technique) and leave-one-out (each row removes
+    one from the full recipe), plain and TTA test accuracy, seeds as dots (chapter 5)."""
+    kinds = [k for k in ("ladder", "leave one out") if k in set(df.kind)]
+    heights = [max(1, (df.kind == k).sum()) for k in kinds]
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(WIDTH, 0.42 * sum(heights) + 1.2),
+                             gridspec_kw=dict(height_ratios=heights), squeeze=False)
+    for ax, k in zip(axes[:, 0], kinds):
+        d = df[df.kind == k].sort_values("step")
+        y = np.arange(len(d))
+        ax.barh(y - 0.18, d.test_acc, height=0.34, color="C0", label="plain")
+        ax.barh(y + 0.18, d.tta_acc, height=0.34, color="C1", label="with TTA")
+        ps = per_seed[per_seed.kind == k]
+        for yi, step in zip(y, d.step):
+            s = ps[ps.step == step]
+            ax.plot(s.test_acc, np.full(len(s), yi - 0.18), "k.", ms=4)
+            ax.plot(s.test_acc_tta, np.full(len(s), yi + 0.18), "k.", ms=4)
+        ax.set_yticks(y, [("+ " if k == "ladder" and i else "") + n
+                          for i, n in enumerate(d.name)], fontsize=8)
+        ax.invert_yaxis()
+        lo = float(np.nanmin(d[["test_acc", "tta_acc"]].values))
+        ax.set_xlim(max(0.0, lo - 0.03), 1.0 if lo > 0.9 else None)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+        ax.set_title("each step adds one technique" if k == "ladder"
+                     else "the full recipe with one technique taken out", fontsize=10)
+    axes[0, 0].legend(loc="lower right", fontsize=8)
+    axes[-1, 0].set_xlabel("test accuracy (bars: mean over seeds; dots: seeds)")
     fig.tight_layout()
     return fig

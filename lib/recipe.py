@@ -7,6 +7,8 @@ Definitions only: the techniques themselves live in :mod:`lib.fast`, the loop in
 
 from __future__ import annotations
 
+import numpy as np
+
 from .train import Config, make_config
 
 #: airbench94's network: a frozen 2x2 whitening conv, three groups of two 3x3 convs
@@ -145,3 +147,156 @@ def plan(budget: str = "cpu") -> list[tuple[str, str, Config]]:
         both = ladder_configs(budget, s) + leave_one_out_configs(budget, s)
         out += [("recipe-ablation", f"{n}, seed {s}", c) for n, c in both]
     return out
+
+
+def previous_best_config(budget: str = "cpu", runs_dir=None) -> Config:
+    """Chapter 6's best re-trained configuration before this recipe: the second study's
+    first choice at three times the epochs (45 at ``cpu``), seed 0; what the recipe's
+    speed and accuracy are compared with."""
+    from . import search
+
+    study = search.load_study("wide", runs_dir)
+    spec = search.study_spec(study)
+    t = search.top_trials(study, 1).iloc[0]
+    params = {tr.number: tr for tr in study.get_trials(deepcopy=False)}[int(t.number)].params
+    return search.retrain_configs(spec, params, budget,
+                                  search.RETRAIN_LONGER_EPOCHS[budget], 1)[0]
+
+
+def speed_configs(budget: str = "cpu", runs_dir=None) -> dict[str, Config]:
+    """What ``python -m lib bench --recipe`` times: the recipe, the ablations' narrower
+    network, and the previous best (chapter 5)."""
+    out = {"recipe (64/256/256)": fast_config(budget),
+           "ablations (64/128/128)": ladder_configs(budget)[-1][1]}
+    try:
+        out["previous best (wide, 45 ep.)"] = previous_best_config(budget, runs_dir)
+    except Exception:  # noqa: BLE001 - no study in this runs folder (tests, smoke)
+        pass
+    return out
+
+
+def speed_table(ds, budget: str = "cpu", runs_dir=None, steps: int = 4, device="auto"):
+    """:func:`lib.bench.recipe_speed` of :func:`speed_configs`, measured once and cached
+    in ``runs/recipe/`` (``python -m lib bench --recipe`` fills it on a quiet machine;
+    the chapter reads it). Each row names the CPU flags it was measured with."""
+    from .bench import cpu_peak_gflops, recipe_speed
+    from .runs import cached
+    from .train import config_dict
+
+    cfgs = speed_configs(budget, runs_dir)
+
+    def measure():
+        df = recipe_speed(ds, cfgs, steps=steps, device=device)
+        peak = cpu_peak_gflops()
+        return df.assign(cpu_flags=peak["flags"], assumed_peak_gflops=peak["peak_gflops"],
+                         cpu_mhz=peak["mhz"], threads=peak["cores"])
+
+    return cached("recipe", "speed", ds, measure, runs_dir,
+                  params=dict(configs={k: config_dict(c) for k, c in cfgs.items()},
+                              steps=steps))
+
+
+# --------------------------------------------------------------------------
+# what the chapter reads back
+# --------------------------------------------------------------------------
+#: Published figures for the pristine data (cited in the chapter, not re-run here).
+PUBLISHED = [
+    dict(source="airbench94 (Jordan 2024)", network="64/256/256, whitening",
+         epochs=9.9, accuracy=0.9401, hardware="NVIDIA A100, 3.83 s (3.29 s compiled)"),
+    dict(source="ResNet-9 (Page 2018)", network="residual, 9 layers", epochs=10,
+         accuracy=0.94, hardware="NVIDIA V100, 26 s"),
+]
+
+
+def epochs_to(metrics, column: str, threshold: float) -> float:
+    """The first epoch whose ``column`` reaches ``threshold`` (NaN if none does)."""
+    hit = metrics.loc[metrics[column] >= threshold, "epoch"]
+    return float(hit.iloc[0]) if len(hit) else float("nan")
+
+
+def run_row(run) -> dict:
+    """One run of the chapter as a table row: test accuracy plain and with TTA, the
+    epochs to 90 % and 93 % on its per-epoch evaluation split, minutes of training."""
+    s, m = run.summary, run.metrics
+    ev = "val_acc" if run.config.holdout else "test_acc"
+    return dict(seed=run.config.seed, test_acc=s["test_acc"],
+                test_acc_tta=s.get("test_acc_tta", float("nan")),
+                epochs_to_90=epochs_to(m, ev, 0.90), epochs_to_93=epochs_to(m, ev, 0.93),
+                minutes=s["train_time_s"] / 60, eval_split=ev.split("_")[0],
+                cpu_flags=s.get("cpu_flags", "not recorded"), threads=s.get("threads"),
+                key=run.key)
+
+
+def ablation_runs(ds, budget: str, runs_dir=None, train: bool = False) -> list[dict]:
+    """Every ladder and leave-one-out run, cached ones only unless ``train``: one dict
+    per (kind, step, seed) with the run (None where it is not cached yet)."""
+    from . import runs as R
+
+    out = []
+    for s in range(LADDER_SEEDS[budget]):
+        for kind, pairs in (("ladder", ladder_configs(budget, s)),
+                            ("leave one out", leave_one_out_configs(budget, s))):
+            for i, (name, c) in enumerate(pairs):
+                if budget == "smoke" and i not in (0, len(pairs) - 1):
+                    continue  # smoke: the first and last step of each series (seconds)
+                run = (R.get(c, ds, "recipe-ablation", runs_dir) if train
+                       else R.find(c, ds, "recipe-ablation", runs_dir))
+                out.append(dict(kind=kind, step=i, name=name, seed=s, run=run))
+    return out
+
+
+def ablation_table(rows: list[dict]):
+    """Mean over seeds per step: accuracy plain and with TTA, epochs to 90 %/93 % on the
+    validation split, minutes per run, and how many seeds are in each mean."""
+    import pandas as pd
+
+    recs = [dict(kind=r["kind"], step=r["step"], name=r["name"], **run_row(r["run"]))
+            for r in rows if r["run"] is not None]
+    if not recs:
+        return pd.DataFrame()
+    df = pd.DataFrame(recs)
+    g = df.groupby(["kind", "step", "name"], sort=True)
+    return g.agg(seeds=("seed", "nunique"), test_acc=("test_acc", "mean"),
+                 test_acc_sd=("test_acc", "std"), tta_acc=("test_acc_tta", "mean"),
+                 tta_acc_sd=("test_acc_tta", "std"), epochs_to_90=("epochs_to_90", "mean"),
+                 epochs_to_93=("epochs_to_93", "mean"), minutes=("minutes", "mean")
+                 ).reset_index()
+
+
+def previous_best_runs(ds, budget: str = "cpu", runs_dir=None) -> list:
+    """The cached seeds of :func:`previous_best_config` (empty if the study or the runs
+    are not in this runs folder)."""
+    from . import runs as R
+
+    try:
+        c = previous_best_config(budget, runs_dir)
+    except Exception:  # noqa: BLE001 - no search study here (smoke, a fresh clone)
+        return []
+    found = [R.find(make_config(c, seed=k), ds, "search-best", runs_dir) for k in range(3)]
+    return found if all(r is not None for r in found) else []
+
+
+def comparison(full: list, ch3: list, prev: list):
+    """The chapter's side-by-side table: the published figures (cited, pristine data),
+    the full recipe, chapter 3's CNN and the search's best (each over its seeds)."""
+    import pandas as pd
+
+    from .stats import fmt
+
+    def minutes(rs):
+        return f"2-core CPU, {np.mean([r.summary['train_time_s'] for r in rs]) / 60:.0f} min"
+
+    rows = [dict(source=p["source"], data="pristine (published)", epochs=p["epochs"],
+                 accuracy=f"{p['accuracy']:.2%}", hardware=p["hardware"]) for p in PUBLISHED]
+    plain = [r.summary["test_acc"] for r in full]
+    tta = [r.summary["test_acc_tta"] for r in full]
+    rows.append(dict(source="this chapter's full recipe", data="JPEG copy",
+                     epochs=full[0].config.epochs,
+                     accuracy=f"{fmt(tta)} with TTA; {fmt(plain)} plain",
+                     hardware=minutes(full)))
+    for name, rs in (("chapter 3's CNN", ch3), ("the search's best (chapter 6)", prev)):
+        if rs:
+            rows.append(dict(source=name, data="JPEG copy", epochs=rs[0].config.epochs,
+                             accuracy=fmt([r.summary["test_acc"] for r in rs]) + " plain",
+                             hardware=minutes(rs)))
+    return pd.DataFrame(rows).set_index("source")

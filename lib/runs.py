@@ -74,7 +74,7 @@ FRAMEWORKS = ("torch", "keras")
 
 def run_key(c: Config, data_fingerprint: str, framework: str = "torch") -> str:
     """12 hex digits of sha256(config, data fingerprint, cache version) (chapter 1);
-    a Keras run (chapter 7) also hashes the framework's name."""
+    a Keras run (chapter 8) also hashes the framework's name."""
     if framework not in FRAMEWORKS:
         raise CacheError(f"framework {framework!r}: use one of {FRAMEWORKS}")
     d = config_dict(c)
@@ -111,10 +111,10 @@ class Run:
 
     @property
     def activations(self) -> pd.DataFrame:
-        """Per-epoch dead/zero fractions of each activation layer (runs since chapter 5)."""
+        """Per-epoch dead/zero fractions of each activation layer (runs since chapter 6)."""
         f = self.path / "activations.csv"
         if not f.is_file():
-            raise CacheError(f"{self.path}: no activations.csv (a run older than chapter 5)")
+            raise CacheError(f"{self.path}: no activations.csv (a run older than chapter 6)")
         return pd.read_csv(f)
 
     def test_logits(self) -> np.ndarray:
@@ -216,7 +216,7 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
 
     ``track`` holds extra :class:`lib.track.Tracker` options (chapter 4: the model
     graph, prediction images, a W&B offline run in the folder's ``wandb/``).
-    ``framework="keras"`` trains with :func:`lib.keras_cnn.fit` instead (chapter 7;
+    ``framework="keras"`` trains with :func:`lib.keras_cnn.fit` instead (chapter 8;
     Keras writes its own TensorBoard logs, ``device`` and ``track`` do not apply)."""
     import torch
 

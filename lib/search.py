@@ -1,4 +1,4 @@
-"""The hyperparameter search (chapters 5 and 6): Optuna studies over :class:`Config`.
+"""The hyperparameter search (chapters 6 and 7): Optuna studies over :class:`Config`.
 
 The objective (a config -> its validation accuracy after training, a normal
 cached run in ``runs/search/<study>/<key>/``) is kept apart from the searcher
@@ -107,7 +107,7 @@ def suggest(trial, name: str, spec):
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StudySpec:
-    """A study: what to search, how, and on which budget (chapter 5).
+    """A study: what to search, how, and on which budget (chapter 6).
 
     Every trial trains ``base`` with the sampled fields replaced; ``base.epochs``
     is the maximum fidelity (the pruner stops trials earlier) and ``base.holdout``
@@ -150,7 +150,7 @@ class StudySpec:
         return math.prod(len(v) for v in self.space.values())
 
 
-#: The space of the book's main study (chapter 5 explains each choice).
+#: The space of the book's main study (chapter 6 explains each choice).
 MAIN_SPACE = {
     "batch_size": [64, 128, 256, 512],
     "lr": {"low": 1e-4, "high": 1.0, "log": True},
@@ -165,7 +165,7 @@ MAIN_SPACE = {
     "model.early_pool": [False, True],
 }
 
-#: The space of chapter 5's second study: airbench's layout (two 3x3 convs per block,
+#: The space of chapter 6's second study: airbench's layout (two 3x3 convs per block,
 #: the pooling right after the first, batch norm, SGD), searched at a higher fidelity,
 #: with the training knobs the main study left out (label smoothing).
 WIDE_SPACE = {
@@ -188,14 +188,14 @@ TRIAL_BUDGETS = {
 
 
 def base_config(budget: str) -> Config:
-    """The fixed part of every trial at ``budget`` (chapter 5)."""
+    """The fixed part of every trial at ``budget`` (chapter 6)."""
     if budget not in TRIAL_BUDGETS:
         raise SearchError(f"budget {budget!r}: use one of {sorted(TRIAL_BUDGETS)}")
     return make_config(schedule="onecycle", save_weights=False, **TRIAL_BUDGETS[budget])
 
 
 def studies(budget: str = "cpu") -> dict[str, StudySpec]:
-    """The book's studies at ``budget`` (chapter 5 and 6 read them)."""
+    """The book's studies at ``budget`` (chapter 6 and 6 read them)."""
     base = base_config(budget)
     small = {"smoke": 1, "cpu": 1, "gpu": 1}[budget]
     n = {"smoke": 10, "cpu": 60, "gpu": 200}[budget]
@@ -235,7 +235,11 @@ def studies(budget: str = "cpu") -> dict[str, StudySpec]:
 # storage
 # --------------------------------------------------------------------------
 def default_storage(study: str, runs_dir=None) -> str:
-    return f"sqlite:///{(runs_root(runs_dir) / 'search' / f'{study}.db').resolve()}"
+    """The study's SQLite file in ``runs/search/`` (the folder is made if missing: it is
+    the runs cache's own; a ``--storage`` the user types must exist already)."""
+    url = f"sqlite:///{(runs_root(runs_dir) / 'search' / f'{study}.db').resolve()}"
+    check_storage_url(url, create_dir=True)
+    return url
 
 
 #: The optional extra that installs each database's driver (pyproject.toml).
@@ -420,7 +424,7 @@ def trial_config(spec: StudySpec, params: dict) -> Config:
 
 
 def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progress=None):
-    """config -> validation accuracy, as a function of an Optuna trial (chapter 5)."""
+    """config -> validation accuracy, as a function of an Optuna trial (chapter 6)."""
     import optuna
 
     group = f"search/{spec.name}"
@@ -474,7 +478,11 @@ def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progre
 
 def recover(study, spec: StudySpec) -> list[int]:
     """Mark trials left RUNNING by a dead worker on this host as FAIL and queue their
-    parameters again (other hosts' dead workers are caught by Optuna's heartbeat)."""
+    parameters again (other hosts' dead workers are caught by Optuna's heartbeat).
+
+    The retry goes to the front of the queue: a random study queues its configs up
+    front, and a retry queued behind them would never run once the study is full (and
+    an interrupted paired study would then train other configs than its twin)."""
     from optuna.trial import TrialState
 
     host, failed = socket.gethostname(), []
@@ -484,10 +492,21 @@ def recover(study, spec: StudySpec) -> list[int]:
         if t.user_attrs.get("host") != host or pid is None or _pid_alive(pid):
             continue
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        failed.append(t.number)
-        if spec.sampler != "grid" and t.params:  # the grid sampler re-runs open cells
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-    return failed
+        failed.append(t)
+    retries = [t for t in failed if spec.sampler != "grid" and t.params]  # grid re-runs cells
+    waiting = sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)),
+                     key=lambda w: w.number)
+    displaced = []
+    for t, slot in zip(retries, waiting):  # take the first places in the queue
+        displaced.append((slot.system_attrs.get("fixed_params"), dict(slot.user_attrs)))
+        storage.set_trial_system_attr(slot._trial_id, "fixed_params", t.params)
+        storage.set_trial_user_attr(slot._trial_id, "retry_of", t.number)
+    for t in retries[len(waiting):]:
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    for params, attrs in displaced:  # what was in those places goes next, in order
+        if params:
+            study.enqueue_trial(params, user_attrs=attrs)
+    return [t.number for t in failed]
 
 
 def die_with_parent() -> None:
@@ -517,11 +536,13 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def n_running_elsewhere(study, number: int | None = None) -> int:
-    """Trials other workers are training now (RUNNING, not trial ``number``)."""
+def n_running_elsewhere(study, before: int | None = None) -> int:
+    """Trials other workers are training now (RUNNING); with ``before``, only those
+    started before trial ``before``, so that of several trials started at once the
+    earliest ones go ahead and the ones beyond ``n_trials`` step aside."""
     from optuna.trial import TrialState
 
-    return sum(t.number != number and "skipped" not in t.user_attrs
+    return sum((before is None or t.number < before) and "skipped" not in t.user_attrs
                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
@@ -571,7 +592,7 @@ def _grid_done(study, spec: StudySpec) -> bool:
 def run_study(spec: StudySpec, storage: str | None = None, n_workers: int = 1,
               data_dir=None, runs_dir=None, device="auto", synthetic=False,
               progress=None, log=print, data: Dataset | None = None) -> dict:
-    """Run (or resume) a study until it has ``spec.n_trials`` trained trials (chapter 5).
+    """Run (or resume) a study until it has ``spec.n_trials`` trained trials (chapter 6).
 
     With ``n_workers`` > 1, that many processes share the study through its storage
     (one per GPU, or the CPU cores split between them); each loads the data itself.
@@ -632,7 +653,7 @@ def summarize(study) -> dict:
 
 
 # --------------------------------------------------------------------------
-# reading a study back (chapters 5 and 6)
+# reading a study back (chapters 6 and 7)
 # --------------------------------------------------------------------------
 def load_study(name: str, runs_dir=None, storage: str | None = None):
     """The Optuna study ``name`` (read it; never optimise from a chapter)."""
@@ -673,7 +694,7 @@ def study_spec(study) -> StudySpec:
 # --------------------------------------------------------------------------
 def ensure(spec: StudySpec, data: Dataset, runs_dir=None, device="auto", train=True):
     """Load-or-run for chapters: the study, run (or finished) first if it has fewer than
-    ``spec.n_trials`` trained trials and ``train`` allows it (chapter 5)."""
+    ``spec.n_trials`` trained trials and ``train`` allows it (chapter 6)."""
     url = default_storage(spec.name, runs_dir)
     path = Path(url[len("sqlite:///"):])
     if path.is_file():
@@ -698,10 +719,10 @@ def ensure(spec: StudySpec, data: Dataset, runs_dir=None, device="auto", train=T
     return load_study(spec.name, runs_dir)
 
 
-#: Epochs of a re-training on the whole training set, per budget (chapter 5).
+#: Epochs of a re-training on the whole training set, per budget (chapter 6).
 RETRAIN_EPOCHS = {"smoke": 2, "cpu": 15, "gpu": 30}
 RETRAIN_SEEDS = {"smoke": 2, "cpu": 3, "gpu": 5}
-#: Chapter 5's second look at the winner: the best config at twice the epochs.
+#: Chapter 6's second look at the winner: the best config at twice the epochs.
 RETRAIN_LONG_EPOCHS = {k: 2 * v for k, v in RETRAIN_EPOCHS.items()}
 #: ... with its first seeds only (each run costs twice as much).
 RETRAIN_LONG_SEEDS = {"smoke": 2, "cpu": 2, "gpu": 3}
@@ -738,7 +759,7 @@ def retrain(study_name: str, budget: str, data: Dataset, k: int = 3, runs_dir=No
             seeds: int | None = None) -> pd.DataFrame:
     """Re-train the study's top ``k`` configs (load-or-train into ``runs/search-best``)
     for the budget's epochs and seeds (or ``epochs``, ``seeds``); one row per run with
-    the trial it came from (chapter 5)."""
+    the trial it came from (chapter 6)."""
     from .runs import get as get_run
 
     study = load_study(study_name, runs_dir)
@@ -808,7 +829,7 @@ def trained_frame(study) -> pd.DataFrame:
 
 def per_epoch_frame(spec: StudySpec, trained: pd.DataFrame, runs_dir=None) -> pd.DataFrame:
     """One row per trial and epoch: the epoch's validation accuracy with the trial's
-    columns of ``trained`` (:func:`trained_frame`); chapter 6 fits its surrogate on
+    columns of ``trained`` (:func:`trained_frame`); chapter 7 fits its surrogate on
     every epoch, not only the last."""
     out = []
     for r in trained.itertuples():
@@ -818,7 +839,7 @@ def per_epoch_frame(spec: StudySpec, trained: pd.DataFrame, runs_dir=None) -> pd
 
 
 def study_overview(spec: StudySpec, trained: pd.DataFrame) -> dict:
-    """What a study cost and at which fidelity (chapter 5 sets two studies side by side);
+    """What a study cost and at which fidelity (chapter 6 sets two studies side by side);
     ``trained``: :func:`trained_frame`."""
     b = spec.base
     return {"sampler / pruner": f"{spec.sampler} / {spec.pruner}",
@@ -831,7 +852,7 @@ def study_overview(spec: StudySpec, trained: pd.DataFrame) -> dict:
 
 
 def pruning_summary(pruned: pd.DataFrame, full: pd.DataFrame) -> dict:
-    """Chapter 5's paired study: best full-budget validation accuracy and epochs spent
+    """Chapter 6's paired study: best full-budget validation accuracy and epochs spent
     with pruning and without, over the same configs."""
     def best(d):
         return float(d[d.state == "COMPLETE"].value.max())
@@ -847,7 +868,7 @@ def _configs(df: pd.DataFrame) -> list:
 
 
 def space_table(spec: StudySpec) -> pd.DataFrame:
-    """The search space as a table: name, kind, values or range (chapter 5)."""
+    """The search space as a table: name, kind, values or range (chapter 6)."""
     rows = []
     for name, s in spec.space.items():
         if isinstance(s, (list, tuple)):
@@ -861,7 +882,7 @@ def space_table(spec: StudySpec) -> pd.DataFrame:
 
 
 def seed_picks(df: pd.DataFrame) -> dict:
-    """Chapter 6's three trials to re-run with other seeds: the best, the median and the
+    """Chapter 7's three trials to re-run with other seeds: the best, the median and the
     worst of the trials that ran every epoch (``df``: :func:`trained_frame`)."""
     full = df[df.state == "COMPLETE"].sort_values("value")
     return {"best": int(full.number.iloc[-1]), "median": int(full.number.iloc[len(full) // 2]),
@@ -871,7 +892,7 @@ def seed_picks(df: pd.DataFrame) -> dict:
 def seed_runs(study, picks: dict, seeds=(1, 2), runs_dir=None, data: Dataset | None = None,
               device="auto", train=True, keep_weights=()) -> pd.DataFrame:
     """The same trial configs trained again with other seeds, at the study's fidelity
-    and without pruning (chapter 6: the spread over seeds, and weights to interpolate).
+    and without pruning (chapter 7: the spread over seeds, and weights to interpolate).
 
     ``picks`` maps a label to a trial number (a trial that ran all epochs); its own run
     is seed 0. Labels in ``keep_weights`` keep their new runs' weights.

@@ -212,7 +212,7 @@ def _wandb_run(run_dir: Path, name: str):
 def read_scalars(log_dir: str | Path, warn=None):
     """All scalars of a run's event files as a long pandas DataFrame (run, tag, step,
     value); ``run`` is the event file's folder below ``log_dir`` ("." for files in it;
-    Keras's callback writes "train" and "validation", chapter 7).
+    Keras's callback writes "train" and "validation", chapter 8).
 
     A corrupt or truncated event file is skipped with a warning naming it (chapter 4).
     """

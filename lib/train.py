@@ -232,7 +232,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None: fp32). "auto" uses bf16 on CUDA GPUs with bf16 and on
-    CPUs with native bf16 (AVX512-BF16/AMX), where it is measured to keep accuracy."""
+    CPUs with native bf16 (the avx512_bf16 or amx_bf16 flag), where it is measured to
+    keep accuracy (``python -m lib bench --check-precision``); fp32 elsewhere."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -240,8 +241,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        # native bf16 only: on an AVX2-only CPU oneDNN emulates it, and a GELU network's
+        # training step was measured about 20 times slower than in fp32
+        native = {"avx512_bf16", "amx_bf16"} & set(cpu_flags().split())
         try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+            return torch.bfloat16 if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
+                else None
         except (AttributeError, RuntimeError):
             return None
     return None
@@ -368,7 +373,7 @@ def augment_float(x: torch.Tensor, flips: torch.Tensor, gen: torch.Generator,
 
 
 # --------------------------------------------------------------------------
-# weight statistics (chapter 6 reads them)
+# weight statistics (chapter 7 reads them)
 # --------------------------------------------------------------------------
 QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
 
@@ -386,7 +391,7 @@ def array_stats(name: str, w: np.ndarray) -> dict:
 @torch.no_grad()
 def weight_stats(model: torch.nn.Module) -> list[dict]:
     """Per-layer norm, mean, std, min, max and quantiles of every weight matrix/kernel
-    (chapter 6 draws their distributions over training from these)."""
+    (chapter 7 draws their distributions over training from these)."""
     return [array_stats(name, p.detach().float().cpu().numpy())
             for name, p in model.named_parameters() if p.ndim > 1]
 
@@ -395,7 +400,7 @@ def weight_stats(model: torch.nn.Module) -> list[dict]:
 def activation_stats(model: torch.nn.Module, x: torch.Tensor, amp_dtype=None) -> list[dict]:
     """Per activation layer, on the probe images ``x``: the fraction of units that are
     never positive on any of them (``dead_frac``: a dead ReLU unit/channel) and of
-    outputs that are exactly zero (``zero_frac``) (chapter 6)."""
+    outputs that are exactly zero (``zero_frac``) (chapter 7)."""
     acts = tuple(ACTIVATIONS.values())
     rows, hooks = [], []
 

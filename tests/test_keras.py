@@ -1,4 +1,4 @@
-"""Chapter 7's Keras CNN: same architecture, schedule and caching as the PyTorch one."""
+"""Chapter 8's Keras CNN: same architecture, schedule and caching as the PyTorch one."""
 
 import os
 import subprocess
@@ -151,7 +151,7 @@ def test_tensorflow_then_torch_optimiser_does_not_crash():
 
 
 def test_chapter_7_without_tensorflow_says_so_in_one_line(tmp_path, monkeypatch):
-    """With TensorFlow not importable, chapter 7 still executes: its first output is one
+    """With TensorFlow not importable, chapter 8 still executes: its first output is one
     line naming the problem and the install, and no cell fails."""
     import nbformat
 
@@ -164,7 +164,7 @@ def test_chapter_7_without_tensorflow_says_so_in_one_line(tmp_path, monkeypatch)
     monkeypatch.setenv("PYTHONPATH", f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     (tmp_path / "book_copy").mkdir()
     root = copy_book(tmp_path / "book_copy")
-    nb = root / "book" / "07_keras.ipynb"
+    nb = root / "book" / "08_keras.ipynb"
     cli.execute(nb, budget="smoke", runs_dir=str(root / "runs"))
     cells = nbformat.read(nb, as_version=4).cells
     outs = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", [])]

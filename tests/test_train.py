@@ -67,7 +67,7 @@ def test_augment_crop_and_flip():
         assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(2)) for w in windows)
 
 
-@pytest.mark.parametrize("schedule", train.SCHEDULES)
+@pytest.mark.parametrize("schedule", [s for s in train.SCHEDULES if s != "triangle"])
 def test_lr_schedules(schedule):
     f = [train.lr_factor(s, 100, schedule, 0.2) for s in range(100)]
     assert f[0] == pytest.approx(0.05) and f[19] == pytest.approx(1.0)

@@ -1,0 +1,66 @@
+"""Accuracy over seeds, compared honestly (chapter 5 onwards).
+
+Every comparison of accuracies in the book gives the mean, the standard deviation
+and a 95 % confidence interval of the mean (Student's t over the seeds), the number
+of seeds, and the test set's own sampling error: with n test images an accuracy p
+has a binomial standard error sqrt(p (1 - p) / n), about 0.3 points at 90 % on
+10,000 images. A difference smaller than that is within what another draw of test
+images could change, whatever the seeds say.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def mean_ci(values, level: float = 0.95) -> dict:
+    """Mean, SD (n - 1), n and the t confidence interval of the mean of ``values``."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    m = float(v.mean())
+    if v.size < 2:
+        return dict(mean=m, sd=float("nan"), n=1, lo=float("nan"), hi=float("nan"))
+    sd = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1)) * sd / math.sqrt(v.size)
+    return dict(mean=m, sd=sd, n=int(v.size), lo=m - half, hi=m + half)
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` test images."""
+    return math.sqrt(p * (1 - p) / n)
+
+
+def fmt(values, level: float = 0.95) -> str:
+    """"93.12 % ± 0.10 (95 % CI 92.87-93.37, n = 3)" for accuracies given as fractions."""
+    s = mean_ci(values, level)
+    if s["n"] < 2:
+        return f"{s['mean']:.2%} (n = 1)"
+    return (f"{s['mean']:.2%} ± {s['sd'] * 100:.2f} (95 % CI {s['lo'] * 100:.2f}-"
+            f"{s['hi'] * 100:.2f}, n = {s['n']})")
+
+
+def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B") -> str:
+    """B against A in words: the difference of the means with its 95 % CI (Welch), and
+    whether it is below the test set's sampling error at these accuracies."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = float(b.mean() - a.mean())
+    se_test = binomial_se(float((a.mean() + b.mean()) / 2), n_test)
+    text = f"{name_b} minus {name_a}: {d * 100:+.2f} points"
+    if len(a) >= 2 and len(b) >= 2 and (np.ptp(a) > 0 or np.ptp(b) > 0):
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        se = math.sqrt(va + vb)
+        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) \
+            if va + vb > 0 else len(a) + len(b) - 2
+        half = float(stats.t.ppf(0.975, dof)) * se
+        text += f" (95 % CI {(d - half) * 100:+.2f} to {(d + half) * 100:+.2f}, Welch)"
+    if abs(d) < se_test:
+        text += (f"; smaller than the test set's own sampling error ({se_test * 100:.2f} "
+                 f"points on {n_test:,} images)")
+    return text
