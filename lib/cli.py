@@ -244,17 +244,22 @@ def plan_summary(budget: str, data_dir=None, runs_dir=None, device="auto",
     if measure is None:
         measure = not dev.startswith("cpu")
     df, cost = plan.table(budget, fp, runs_dir, dev, measure=measure)
-    todo = df[~df.cached]
+    todo = df[~df.cached & df.book_trains]
+    extra = df[~df.cached & ~df.book_trains]
     if full and len(todo):
-        with_pd_options(lambda: echo(todo.drop(columns=["cached"]).to_string(
+        with_pd_options(lambda: echo(todo.drop(columns=["cached", "book_trains"]).to_string(
             index=False, float_format=lambda v: f"{v:.1f}")))
     minutes = float(todo.minutes.sum())
     scale = f"; device speed x{cost.scale:.2f} of the cached runs' (measured)" \
         if cost.scale != 1.0 else ""
-    echo(f"plan (budget {budget}, data {fp}): {int(df.cached.sum())} runs cached, {len(todo)} "
-         f"to train, about {minutes:.0f} minutes of training{scale}"
-         if len(todo) else f"plan (budget {budget}, data {fp}): nothing to train "
-         f"({len(df)} items, all cached)")
+    head = f"plan (budget {budget}, data {fp}): "
+    echo(head + (f"{int(df.cached.sum())} items cached, {len(todo)} to train, about "
+                 f"{minutes:.0f} minutes of training{scale}" if len(todo) else
+                 f"nothing to train ({int(df.cached.sum())} items cached)"))
+    if len(extra):
+        echo(f"  and {len(extra)} ablation runs of chapter 5 not cached yet (about "
+             f"{extra.minutes.sum():.0f} minutes): the book shows those it has; "
+             "`python -m lib recipe` (make recipe) trains them")
     return minutes
 
 

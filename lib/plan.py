@@ -41,6 +41,7 @@ class Item:
     estimate_s: float
     framework: str = "torch"
     how: str = ""
+    book_trains: bool = True  # False: the chapter shows it once cached, never trains it
 
 
 def _images(c: Config) -> int:
@@ -111,6 +112,8 @@ def items(budget: str, fingerprint: str, runs_dir=None, device: str = "cpu",
     add("04 monitoring", "the tracked run", "ch04", book.ch04_config(budget))
     for group, name, c in recipe.plan(budget):
         add("05 recipe", name, group, c)
+        if group == "recipe-ablation" and budget != "smoke":  # `python -m lib recipe`
+            out[-1].book_trains = False
     for spec in search.studies(budget).values():
         out.append(_study_item(spec, fingerprint, runs_dir, cost, device))
     out += _retrain_items(budget, fingerprint, root, cost, runs_dir, device)
@@ -203,7 +206,8 @@ def table(budget: str, fingerprint: str, runs_dir=None, device: str = "cpu",
     if measure:
         cost.scale = measure_scale(cost, device, runs_dir)
     rows = [dict(chapter=i.chapter, what=i.what, group=i.group, cached=i.cached,
-                 minutes=i.estimate_s / 60, estimate=i.how) for i in
+                 minutes=i.estimate_s / 60, estimate=i.how, book_trains=i.book_trains)
+            for i in
             items(budget, fingerprint, runs_dir, "cuda" if device.startswith("cuda")
                   else device, cost)]
     return pd.DataFrame(rows), cost

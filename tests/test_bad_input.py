@@ -244,3 +244,97 @@ def test_smoke_budget_never_reads_the_real_data(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "synthetic" in (tmp_path / "cli").iterdir().__next__().joinpath(
         "summary.json").read_text()
+
+
+# the appendix's table: each bad input, what the user sees, what is kept -------------
+#: (bad input, command, environment overrides, what the user sees, what is kept).
+#: ``test_bad_input_table`` runs every row; ``test_appendix_has_the_table`` checks that
+#: book/reproduce.md shows exactly :func:`table_markdown` (``python
+#: tests/test_bad_input.py`` prints it).
+TABLE = [
+    ("an unknown budget", ["book", "--budget", "huge"], {}, "invalid choice: 'huge'",
+     "every chapter as committed: nothing executes"),
+    ("a data path that does not exist", ["book", "--budget", "cpu"],
+     {"CIFAR10_DATA": "/nonexistent/cifar.npz"}, "/nonexistent/cifar.npz: no such file",
+     "every chapter as committed: checked before any kernel starts"),
+    ("a value of the wrong type", ["train", "--synthetic", "--set", "lr=abc"], {},
+     "lr='abc' has the wrong type; expected a finite number", "nothing trains"),
+    ("a fractional epoch count", ["train", "--synthetic", "--set", "epochs=1.5"], {},
+     "epochs=1.5 has the wrong type; expected an integer", "nothing trains"),
+    ("a negative slice", ["train", "--synthetic", "--set", "n_train=-5"], {},
+     "n_train=-5 is invalid; allowed: None (all) or >= 1", "nothing trains"),
+    ("a yes/no value that is neither", ["train", "--synthetic", "--set", "augment=maybe"],
+     {}, "augment='maybe' has the wrong type; expected true/false", "nothing trains"),
+    ("an unknown option", ["train", "--synthetic", "--set", "model.filters=3"], {},
+     "unknown model option(s) ['filters']", "nothing trains"),
+    ("an impossible recipe option", ["train", "--synthetic", "--preset", "fast", "--set",
+                                     "tta=3"], {}, "tta=3 is invalid", "nothing trains"),
+    ("a storage folder that does not exist",
+     ["sweep", "--budget", "smoke", "--storage", "sqlite:////nonexistent/dir/x.db"], {},
+     "the folder /nonexistent/dir does not exist", "no folder is created"),
+    ("a database whose driver is missing",
+     ["sweep", "--budget", "smoke", "--storage", "mysql+pymysql://u@127.0.0.1/db"], {},
+     "its database driver is not installed; pip install pymysql", "nothing starts"),
+    ("an unknown study", ["sweep", "--study", "nope", "--budget", "smoke"], {},
+     "unknown study 'nope'", "nothing starts"),
+]
+
+#: Guarantees shown by other tests of this suite (not one command each).
+GUARANTEES = [
+    ("a chapter whose cell fails", "`<chapter> failed in cell N: ... (<chapter> is "
+     "unchanged)`", "the committed chapter (it is executed into a temporary file)",
+     "test_failing_chapter_is_not_replaced"),
+    ("SIGKILL during a run", "nothing (the process is gone)", "every finished run; the "
+     "half-written one leaves no folder", "test_killed_run_leaves_no_folder"),
+    ("SIGKILL during a sweep, then the same command", "`trial(s) [N] were interrupted; "
+     "marked failed and queued again`", "every finished trial; the interrupted one is "
+     "retried first", "test_sigkill_mid_sweep_then_rerun_resumes"),
+    ("SIGKILL of one of several workers (SQLite or PostgreSQL)", "`1 worker(s) ... failed; "
+     "run the same command to resume`", "every finished trial, none counted twice",
+     "test_two_workers_on_sqlite_survive_a_sigkill"),
+    ("SIGKILL of the parent of `--n-workers N`", "nothing", "the workers end with it "
+     "(no orphans)", "test_worker_dies_when_its_parent_is_killed"),
+    ("a valid local `cifar-10-python.tar.gz`, offline", "nothing: it is verified (MD5) and "
+     "used", "-", "test_local_official_archive_is_verified_and_used_offline"),
+]
+
+
+def table_markdown() -> str:
+    rows = ["| bad input | what you see | what is kept |", "|---|---|---|"]
+    for what, args, env, msg, kept in TABLE:
+        cmd = " ".join(["python -m lib", *args])
+        pre = " ".join(f"{k}={v}" for k, v in env.items())
+        rows.append(f"| {what}: `{(pre + ' ' if pre else '') + cmd}` | `error: ...{msg}...` "
+                    f"| {kept} |")
+    for what, seen, kept, _test in GUARANTEES:
+        rows.append(f"| {what} | {seen} | {kept} |")
+    return "\n".join(rows)
+
+
+@pytest.mark.parametrize("what, args, env, msg, kept", TABLE, ids=[t[0] for t in TABLE])
+def test_bad_input_table(tmp_path, what, args, env, msg, kept):
+    extra = [] if args[0] == "book" else ["--runs-dir", str(tmp_path)]
+    r = lib(*args, *extra, env={**os.environ, **env})
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "cli").exists() and not (tmp_path / "search").exists() \
+        or args[0] == "sweep"
+    if "/nonexistent/dir" in " ".join(args):
+        assert not os.path.exists("/nonexistent")
+
+
+def test_guarantees_name_real_tests():
+    import pathlib
+
+    source = "\n".join(p.read_text() for p in pathlib.Path(__file__).parent.glob("test_*.py"))
+    for *_, test in GUARANTEES:
+        assert f"def {test}(" in source, test
+
+
+def test_appendix_has_the_table():
+    text = (REPO_ROOT / "book" / "reproduce.md").read_text()
+    assert table_markdown() in text, "run `python tests/test_bad_input.py` and paste its table"
+
+
+if __name__ == "__main__":
+    print(table_markdown())
