@@ -60,6 +60,11 @@ def setup(chapter: str, budget: str = "cpu", device: str = "auto", data_dir: str
     if not isinstance(seed, int) or seed < 0:
         raise ParameterError(f"seed={seed!r} must be a non-negative integer")
     _latex_tables()
+    import pandas as pd
+
+    # tables are shown whole: no cell cut to "..." (the book's CSS wraps long cells)
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_columns", 50)
     if budget == "smoke":
         data = synthetic(n_train=600, n_test=300, seed=seed)
     else:

@@ -431,6 +431,13 @@ def cmd_recipe(a) -> None:
               f"({(time.time() - t0) / 60:.1f} min)", flush=True)
 
 
+def cmd_gpu_check(a) -> None:
+    from . import gpucheck
+
+    gpucheck.run(a.device, tiny=a.tiny, workers=tuple(a.workers),
+                 runs_dir=getattr(a, "runs_dir", None))
+
+
 def cmd_screenshots(a) -> None:
     from . import book, runs, screens
     from .data import load_cifar10, synthetic
@@ -575,6 +582,14 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--list", action="store_true", help="say what is cached, train nothing")
     q.add_argument("--synthetic", action="store_true", help="synthetic data (a dry run)")
     q.set_defaults(func=cmd_recipe)
+    q = sub.add_parser("gpu-check", help="a short, bounded speed check of this device (a GPU, "
+                       "or the CPU): the CNN, the recipe, N workers at once, the projected "
+                       "gpu-budget book")
+    common(q, budget=False)
+    q.add_argument("--tiny", action="store_true", help="tiny models, seconds (a dry run)")
+    q.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4],
+                   help="worker counts to time side by side (default 1 2 4)")
+    q.set_defaults(func=cmd_gpu_check)
     q = sub.add_parser("data", help="find, verify and describe the data")
     common(q, budget=False)
     q.set_defaults(func=cmd_data)

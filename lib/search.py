@@ -609,13 +609,18 @@ def run_study(spec: StudySpec, storage: str | None = None, n_workers: int = 1,
     log(f"study {spec.name}: {done}/{spec.n_trials} trials trained; storage {url}")
     if done >= spec.n_trials:
         return summarize(study)
-    args = (spec, url, data_dir, runs_dir, device)
     if n_workers <= 1:
-        _worker(*args, None, synthetic, progress, 0, data)
+        _worker(spec, url, data_dir, runs_dir, str(device).split(",")[0], None, synthetic,
+                progress, 0, data)
     else:
         threads = max(1, (os.cpu_count() or 1) // n_workers)
+        # --device cuda:0,cuda:1: worker i trains on the (i mod n)-th device; one device:
+        # every worker shares it (several small CNNs keep one GPU busier than one)
+        devices = [d.strip() for d in str(device).split(",")] if device else ["auto"]
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(*args, threads, synthetic, False, i),
+        procs = [ctx.Process(target=_worker,
+                             args=(spec, url, data_dir, runs_dir, devices[i % len(devices)],
+                                   threads, synthetic, False, i),
                              kwargs=dict(child=True), daemon=False)
                  for i in range(n_workers)]
         for p in procs:

@@ -36,3 +36,24 @@ def test_book_refuses_a_long_training_unless_told(monkeypatch):
     a = cli.parser().parse_args(["book", "--budget", "cpu"])
     with pytest.raises(cli.UserError, match="train about 999 minutes"):
         a.func(a)
+
+
+def test_gpu_check_runs_on_the_cpu_and_says_so():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "lib", "gpu-check", "--tiny", "--workers", "1",
+                        "2"], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    assert "no GPU here, every figure below is the CPU's" in out
+    assert "chapter 3's CNN:" in out and "the recipe's network:" in out
+    assert "2 worker(s) at once:" in out and "dry run" in out
+
+
+def test_projection_of_the_gpu_book_scales_with_speed():
+    from lib import gpucheck
+
+    slow = gpucheck.projected_hours(100.0, REPO_ROOT / "runs", echo=lambda m: None)
+    fast = gpucheck.projected_hours(10_000.0, REPO_ROOT / "runs", echo=lambda m: None)
+    assert slow > fast > 0 and slow / fast == pytest.approx(100, rel=0.01)
