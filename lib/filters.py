@@ -94,3 +94,33 @@ def filter_structure(w: np.ndarray) -> object:
     chan = np.mean([corr(flat[:, i], flat[:, j]) for i, j in ((0, 1), (0, 2), (1, 2))], axis=0)
     return pd.DataFrame(dict(neighbour_corr=(horiz + vert) / 2, channel_corr=chan,
                              norm=np.linalg.norm(w.reshape(n, -1), axis=1)))
+
+
+def written_out(window: np.ndarray, kernel: np.ndarray) -> str:
+    """The sum of one output cell written out, e.g. "(-1)(0) + (0)(1) + ... = 8"
+    (chapter 1's worked example)."""
+    terms = [f"({w:g})({x:g})" for w, x in zip(kernel.ravel(), window.ravel())]
+    return " + ".join(terms) + f" = {float((window * kernel).sum()):g}"
+
+
+def time_against_torch(x: np.ndarray, w: np.ndarray, repeats: int = 3) -> dict:
+    """Seconds of :func:`conv2d` and of ``torch.nn.functional.conv2d`` on the same input
+    (best of ``repeats``), and their ratio (chapter 1)."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    def best(fn):
+        out = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return min(out)
+
+    xt, wt = torch.from_numpy(x)[None], torch.from_numpy(w)
+    loops = best(lambda: conv2d(x, w, padding=w.shape[-1] // 2))
+    with torch.no_grad():
+        lib = best(lambda: F.conv2d(xt, wt, padding=w.shape[-1] // 2))
+    return {"loops_s": loops, "torch_s": lib, "ratio": loops / lib}
