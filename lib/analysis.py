@@ -465,3 +465,26 @@ def flip_tta_table(run_list, ds: Dataset, runs_dir=None) -> pd.DataFrame:
                      runs_dir, params={"run": r.key})
         rows.append(dict(key=r.key, **one.iloc[0].to_dict()))
     return pd.DataFrame(rows)
+
+
+def shift_accuracy(model, ds: Dataset, shifts=(0, 1, 2, 4, 8), batch_size: int = 1000):
+    """Test accuracy of ``model`` on the test images shifted right and down by each of
+    ``shifts`` pixels (the uncovered border filled with zeros, after normalisation: the
+    mean colour), in fp32 (chapter 3: how far each model's accuracy survives a shift)."""
+    import torch
+
+    from .train import to_input
+
+    rows = []
+    model.eval()
+    with torch.no_grad():
+        for sh in shifts:
+            right = 0
+            for i in range(0, len(ds.y_test), batch_size):
+                x = to_input(ds, ds.x_test[i:i + batch_size])
+                if sh:
+                    x = torch.nn.functional.pad(x, (sh, 0, sh, 0))[:, :, :32, :32]
+                y = torch.as_tensor(ds.y_test[i:i + batch_size]).long()
+                right += int((model(x).argmax(1) == y).sum())
+            rows.append(dict(shift=sh, test_acc=right / len(ds.y_test)))
+    return pd.DataFrame(rows)

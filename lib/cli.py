@@ -412,8 +412,9 @@ def cmd_recipe(a) -> None:
     from .data import load_cifar10, synthetic
 
     todo = [p for p in recipe.plan(a.budget) if not a.only or p[0] in a.only]
-    if not todo:
-        raise UserError(f"--only {a.only}: no such group; groups: recipe, recipe-ablation")
+    if not todo and not (a.only and "recipe-jpeg" in a.only):
+        raise UserError(f"--only {a.only}: no such group; groups: recipe, recipe-ablation, "
+                        "recipe-jpeg")
     ds = synthetic(512, 256) if a.synthetic or a.budget == "smoke" \
         else load_cifar10(a.data_dir)
     for i, (group, name, c) in enumerate(todo, 1):
@@ -429,6 +430,11 @@ def cmd_recipe(a) -> None:
                        if k in s)
         print(f"[{i}/{len(todo)}] {group}: {name}: {run.key} {acc} "
               f"({(time.time() - t0) / 60:.1f} min)", flush=True)
+    if not a.only or "recipe-jpeg" in a.only:  # last: the lower JPEG qualities
+        for r in recipe.jpeg_runs(ds, a.budget, a.runs_dir, train=not a.list):
+            state = r["run"].key if r["run"] is not None else "to train"
+            print(f"recipe-jpeg: quality {r['quality']}, seed {r['seed']}: {state}",
+                  flush=True)
 
 
 def cmd_gpu_check(a) -> None:
@@ -578,7 +584,7 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("recipe", help="train or resume the recipe chapter's runs "
                        "(full recipe's seeds, the ablation ladder, leave-one-out)")
     common(q)
-    q.add_argument("--only", nargs="*", help="groups: recipe, recipe-ablation")
+    q.add_argument("--only", nargs="*", help="groups: recipe, recipe-ablation, recipe-jpeg")
     q.add_argument("--list", action="store_true", help="say what is cached, train nothing")
     q.add_argument("--synthetic", action="store_true", help="synthetic data (a dry run)")
     q.set_defaults(func=cmd_recipe)

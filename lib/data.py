@@ -404,3 +404,27 @@ def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of uint8 NHWC images, as fractions of 255."""
     x = x.reshape(-1, 3).astype(np.float64) / 255.0
     return x.mean(0), x.std(0)
+
+
+def reencode_jpeg(ds: Dataset, quality: int) -> Dataset:
+    """Every image of ``ds`` saved once more as JPEG at ``quality`` (4:2:0, Pillow) and
+    decoded, in memory (chapter 5 measures what lossy copies cost the recipe). The
+    result has its own fingerprint, so its runs never mix with those of ``ds``."""
+    import io
+
+    from PIL import Image
+
+    if not 1 <= int(quality) <= 95:
+        raise ValueError(f"quality={quality!r}: use 1..95 (Pillow's useful range)")
+
+    def one(x):
+        out = np.empty_like(x)
+        for i, img in enumerate(x):
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=2)
+            out[i] = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        return out
+
+    return Dataset(one(ds.x_train), ds.y_train, one(ds.x_test), ds.y_test,
+                   source=f"{ds.source}, re-encoded as JPEG quality {quality}",
+                   path=ds.path)

@@ -66,6 +66,10 @@ LADDER_BUDGETS = {
 }
 LADDER_SEEDS = {"smoke": 1, "cpu": 2, "gpu": 5}
 RECIPE_SEEDS = {"smoke": 1, "cpu": 3, "gpu": 5}
+#: Lower JPEG qualities the ablations' full recipe is also trained on (the data re-encoded
+#: once more, in memory): how much a lossy copy costs this short schedule (chapter 5).
+JPEG_QUALITIES = (50, 30)
+JPEG_SEEDS = {"smoke": 1, "cpu": 2, "gpu": 3}
 
 #: Each step adds what it names to the step before (chapter 3's CNN and recipe first).
 LADDER = [
@@ -131,6 +135,25 @@ def leave_one_out_configs(budget: str = "cpu", seed: int = 0) -> list[tuple[str,
     full = config_dict(ladder_configs(budget, seed)[-1][1])
     return [(name, make_config(Config(), **_merge(full, over)))
             for name, over in LEAVE_ONE_OUT]
+
+
+def jpeg_runs(ds, budget: str = "cpu", runs_dir=None, train: bool = False) -> list[dict]:
+    """The ablations' full recipe on ``ds`` re-encoded at each of :data:`JPEG_QUALITIES`
+    (cached ones only unless ``train``): one dict per (quality, seed) with the run."""
+    from . import runs as R
+    from .data import reencode_jpeg
+
+    out = []
+    for q in JPEG_QUALITIES:
+        dq = None
+        for s in range(JPEG_SEEDS[budget]):
+            c = ladder_configs(budget, s)[-1][1]
+            if dq is None:  # the re-encoded copy's fingerprint is needed for the key
+                dq = reencode_jpeg(ds, q)
+            run = R.get(c, dq, "recipe-jpeg", runs_dir) if train else \
+                R.find(c, dq, "recipe-jpeg", runs_dir)
+            out.append(dict(quality=q, seed=s, run=run))
+    return out
 
 
 def recipe_configs(budget: str = "cpu") -> list[Config]:
@@ -300,3 +323,34 @@ def comparison(full: list, ch3: list, prev: list):
                              accuracy=fmt([r.summary["test_acc"] for r in rs]) + " plain",
                              hardware=minutes(rs)))
     return pd.DataFrame(rows).set_index("source")
+
+
+def contributions(ab) -> str:
+    """What each technique bought, in words, from :func:`ablation_table`: the gain of
+    each ladder step over the step before, and the loss when it is left out of the full
+    recipe, both in TTA test accuracy, largest first, with the seeds behind each."""
+    if ab is None or not len(ab):
+        return "No ablation run is cached yet."
+    parts = []
+    lad = ab[ab.kind == "ladder"].sort_values("step")
+    if len(lad) > 1:
+        d = lad.assign(gain=lad.tta_acc.diff()).iloc[1:]
+        d = d[lad.step.diff().iloc[1:] == 1]  # only steps whose previous step is cached
+        d = d.sort_values("gain", ascending=False)
+        parts.append("Adding one technique at a time (TTA test accuracy, change from the "
+                     "step before): " + "; ".join(
+                         f"{r.name} {r.gain * 100:+.2f} points ({r.seeds} seed"
+                         f"{'s' * (r.seeds > 1)})" for r in d.itertuples()) + ".")
+    loo = ab[ab.kind == "leave one out"]
+    full = lad[lad.step == lad.step.max()] if len(lad) else lad
+    if len(loo) and len(full) and int(full.step.iloc[0]) == len(LADDER) - 1:
+        ref = float(full.tta_acc.iloc[0])
+        d = loo.assign(loss=ref - loo.tta_acc).sort_values("loss", ascending=False)
+        parts.append("Taking one technique out of the full recipe costs: " + "; ".join(
+            f"{r.name} {r.loss * 100:+.2f} points ({r.seeds} seed{'s' * (r.seeds > 1)})"
+            for r in d.itertuples()) + ".")
+    if not parts:
+        return "Too few ablation runs are cached to compare steps yet."
+    return " ".join(parts) + (" With one or two seeds per step and a test-set sampling "
+                              "error of about 0.3 points, differences below about half a "
+                              "point do not rank the techniques.")
