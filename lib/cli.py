@@ -314,7 +314,8 @@ def cmd_pdf(a) -> None:
     if missing:
         raise UserError(f"{' and '.join(missing)} not found: the PDF needs TeX; on Debian/"
                         "Ubuntu `sudo apt-get install texlive-xetex texlive-latex-extra "
-                        "texlive-fonts-recommended latexmk` (see the appendix)")
+                        "texlive-fonts-recommended latexmk fonts-freefont-otf` (XeLaTeX's "
+                        "default FreeSerif comes from the last; see the appendix)")
     build_html(builder="pdflatex")
     pdfs = sorted((REPO_ROOT / "_build" / "latex").glob("*.pdf"))
     if not pdfs:

@@ -114,9 +114,39 @@ def test_every_page(site, browser):
                     target = html / u.path.lstrip("/")
                     assert target.is_file() or (target / "index.html").is_file(), (rel, h)
             assert errors == [], (rel, errors)
+            # tables fit their column: nothing hidden behind a scroll bar
+            wide = page.evaluate("""Array.from(document.querySelectorAll('main table'))
+                .filter(t => t.offsetParent !== null)
+                .filter(t => t.getBoundingClientRect().width >
+                             document.querySelector('main').getBoundingClientRect().width + 1)
+                .map(t => t.innerText.slice(0, 60))""")
+            assert wide == [], (rel, wide)
+            # no cell cut short by pandas ("qua...", "1289...")
+            cut = page.evaluate("""Array.from(document.querySelectorAll('main td, main th'))
+                .map(c => c.innerText.trim()).filter(t => /(\\.\\.\\.|\u2026)$/.test(t))""")
+            assert cut == [], (rel, cut[:5])
             page.screenshot(path=str(SHOTS / (Path(rel).stem + ".png")))
         finally:
             page.close()
+
+
+def test_bibliography_links_are_well_formed(site, browser):
+    base, html = site
+    page, errors = open_page(browser, f"{base}/book/bibliography.html")
+    try:
+        links = page.evaluate("Array.from(document.querySelectorAll('main a[href]'))"
+                              ".map(a => a.href)")
+        external = [h for h in links if urlparse(h).hostname not in (None, "127.0.0.1")]
+        assert external, "the bibliography links no paper"
+        for h in external:
+            u = urlparse(h)
+            assert u.scheme == "https" and "." in (u.hostname or "") and " " not in h, h
+        cited = page.evaluate("document.querySelectorAll('main .citation, main dl.citation dt,"
+                              " main div.citation').length")
+        assert cited > 0
+        assert errors == []
+    finally:
+        page.close()
 
 
 def test_search_finds_a_chapter_word(site, browser):
