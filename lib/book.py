@@ -160,14 +160,14 @@ def ch07_speed(data: Dataset, budget: str, runs_dir=None, repeats: int | None = 
     once per config and data and cached in ``runs/ch07/``."""
     from .bench import framework_speed
     from .runs import cached
-    from .train import config_dict
+    from .train import params_dict
 
     c = ch07_speed_config(budget)
     repeats = repeats or {"smoke": 1, "cpu": 3, "gpu": 3}[budget]
     return cached("ch07", "framework-speed", data,
                   lambda: framework_speed(data, c, repeats=repeats, log=lambda m: None),
                   runs_dir,
-                  params=dict(config=config_dict(c), repeats=repeats))
+                  params=dict(config=params_dict(c), repeats=repeats))
 
 
 def ch03_cnn_config(budget: str, seed: int = 0) -> Config:

@@ -49,7 +49,7 @@ class ModelConfig:
     hidden: tuple = (512, 256)   # MLP hidden layer sizes
     n_classes: int = 10
     # --- the fast recipe's options (chapter 5, "What each technique buys"); each off by
-    # default, so every run cached before them keeps its key (lib.runs.KEY_NEUTRAL_DEFAULTS)
+    # default, so every run cached before them keeps its key (lib.train.KEY_NEUTRAL_DEFAULTS)
     block_widths: tuple = ()     # filters per block, e.g. (64, 256, 256); () = width*growth**i
     whiten: bool = False         # a frozen 2x2 patch-whitening conv and the activation first
     dirac_init: bool = False     # convs start as identity maps on their first channels

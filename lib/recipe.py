@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .train import Config, make_config
+from .train import Config, make_config, params_dict
 
 #: airbench94's network: a frozen 2x2 whitening conv, three groups of two 3x3 convs
 #: (pooling after the first), batch norm with frozen scales and fast statistics (airbench's
@@ -204,7 +204,6 @@ def speed_table(ds, budget: str = "cpu", runs_dir=None, steps: int = 4, device="
     the chapter reads it). Each row names the CPU flags it was measured with."""
     from .bench import cpu_peak_gflops, recipe_speed
     from .runs import cached
-    from .train import config_dict
 
     cfgs = speed_configs(budget, runs_dir)
 
@@ -215,7 +214,7 @@ def speed_table(ds, budget: str = "cpu", runs_dir=None, steps: int = 4, device="
                          cpu_mhz=peak["mhz"], threads=peak["cores"])
 
     return cached("recipe", "speed", ds, measure, runs_dir,
-                  params=dict(configs={k: config_dict(c) for k, c in cfgs.items()},
+                  params=dict(configs={k: params_dict(c) for k, c in cfgs.items()},
                               steps=steps))
 
 

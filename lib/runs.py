@@ -28,21 +28,10 @@ import pandas as pd
 
 from . import __version__
 from .data import REPO_ROOT, Dataset
-from .train import Config, config_dict, config_from_dict, fit
+from .train import Config, config_dict, config_from_dict, fit, key_dict
 
 # Bump when training semantics change: every key changes and old runs are ignored.
 CACHE_VERSION = 1
-#: Config fields added after runs were cached: left out of the key while they hold
-#: these defaults, so that adding a field does not orphan every cached run.
-KEY_NEUTRAL_DEFAULTS = {
-    "holdout": 0, "model.early_pool": False,
-    # the fast recipe (chapter 5, lib.fast)
-    "model.block_widths": [], "model.whiten": False, "model.dirac_init": False,
-    "model.bn_frozen_scale": False, "model.bn_momentum": 0.1, "model.global_pool": "avg",
-    "model.head_scale": 1.0, "parametrisation": "coupled", "bias_lr_scale": 1.0,
-    "whiten_bias_epochs": None, "lookahead_every": 0, "lookahead_decay": 0.95**5,
-    "translate": 4, "pad_mode": "zeros", "flip": "random", "tta": 0, "final_test": False,
-}
 RUNS_ENV = "LIB_RUNS_DIR"
 TMP = ".tmp"
 
@@ -77,14 +66,7 @@ def run_key(c: Config, data_fingerprint: str, framework: str = "torch") -> str:
     a Keras run (chapter 8) also hashes the framework's name."""
     if framework not in FRAMEWORKS:
         raise CacheError(f"framework {framework!r}: use one of {FRAMEWORKS}")
-    d = config_dict(c)
-    for name, default in KEY_NEUTRAL_DEFAULTS.items():
-        *parents, leaf = name.split(".")
-        sub = d
-        for p in parents:
-            sub = sub[p]
-        if sub.get(leaf) == default:
-            del sub[leaf]
+    d = key_dict(c)
     fields = dict(config=d, data=data_fingerprint, version=CACHE_VERSION)
     if framework != "torch":
         fields["framework"] = framework

@@ -29,7 +29,7 @@ from . import runs
 from .data import Dataset
 from .models import ConfigError, ModelConfig, macs
 from .runs import _note_read, _pid_alive, get, runs_root
-from .train import Config, config_dict, config_from_dict, make_config
+from .train import Config, config_from_dict, make_config, params_dict
 
 # Optuna imports tqdm.auto, which warns inside Jupyter when ipywidgets is absent;
 # we never show its progress bars.
@@ -142,7 +142,7 @@ class StudySpec:
 
     def to_json(self) -> str:
         d = asdict(self)
-        d["base"] = config_dict(self.base)
+        d["base"] = params_dict(self.base)
         return json.dumps(d, sort_keys=True)
 
     @property
@@ -350,6 +350,7 @@ def make_pruner(spec: StudySpec):
 
 def _comparable(spec_json: str) -> dict:
     d = json.loads(spec_json)
+    d["base"] = params_dict(d["base"])  # a field added later, at its default, is no change
     d.pop("n_trials")  # growing a study is resuming it
     d.pop("about")
     return d

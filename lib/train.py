@@ -205,6 +205,51 @@ def config_dict(c: Config) -> dict:
     return d
 
 
+#: Config fields added after runs were cached: left out of the key while they hold
+#: these defaults, so that adding a field does not orphan every cached run.
+#: Config fields added after analyses and study specs were first cached (chapter 5's
+#: recipe): left out of those hashes while at their defaults, like the keys below.
+ADDED_DEFAULTS = {
+    "model.block_widths": [], "model.whiten": False, "model.dirac_init": False,
+    "model.bn_frozen_scale": False, "model.bn_momentum": 0.1, "model.global_pool": "avg",
+    "model.head_scale": 1.0, "parametrisation": "coupled", "bias_lr_scale": 1.0,
+    "whiten_bias_epochs": None, "lookahead_every": 0, "lookahead_decay": 0.95**5,
+    "translate": 4, "pad_mode": "zeros", "flip": "random", "tta": 0, "final_test": False,
+}
+KEY_NEUTRAL_DEFAULTS = {"holdout": 0, "model.early_pool": False, **ADDED_DEFAULTS}
+
+
+def _strip(d: dict, defaults: dict) -> dict:
+    for name, default in defaults.items():
+        *parents, leaf = name.split(".")
+        sub = d
+        for p in parents:
+            sub = sub[p]
+        if leaf in sub and sub[leaf] == default:
+            del sub[leaf]
+    return d
+
+
+def key_dict(c: Config) -> dict:
+    """:func:`config_dict` without the fields that still hold their key-neutral default:
+    what a run's key hashes (chapter 1), so that adding an option orphans no cached run."""
+    return _strip(config_dict(c), KEY_NEUTRAL_DEFAULTS)
+
+
+def params_dict(c) -> dict:
+    """:func:`config_dict` (of a Config or of its dict) without the fields added since
+    analyses and study specs were first cached, while at their defaults: what cached
+    analyses and a study's stored spec hash or compare (chapters 6 and 8)."""
+    d = config_dict(c) if isinstance(c, Config) else json_copy(c)
+    return _strip(d, ADDED_DEFAULTS)
+
+
+def json_copy(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d))
+
+
 def config_from_dict(d: dict) -> Config:
     d = dict(d)
     return make_config(Config(), model=d.pop("model", {}), **d)

@@ -191,12 +191,12 @@ def test_whitening_bias_freezes_after_its_epochs(synth):
 def test_new_options_keep_old_keys():
     c = train.make_config(model=dict(depth=2, width=8))
     d = train.config_dict(c)
-    for name in runs.KEY_NEUTRAL_DEFAULTS:
+    for name in train.KEY_NEUTRAL_DEFAULTS:
         *parents, leaf = name.split(".")
         sub = d
         for p in parents:
             sub = sub[p]
-        assert sub[leaf] == runs.KEY_NEUTRAL_DEFAULTS[name], name
+        assert sub[leaf] == train.KEY_NEUTRAL_DEFAULTS[name], name
     assert runs.run_key(c, "fp") != runs.run_key(train.make_config(c, tta=1), "fp")
 
 
