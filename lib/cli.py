@@ -603,6 +603,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def main(argv=None) -> int:
     from .data import ENV_VAR, DataError
     from .models import ConfigError
@@ -613,6 +619,13 @@ def main(argv=None) -> int:
 
     a = parser().parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    import signal
+
+    def _terminated(signum, frame):  # SIGTERM cleans up like Ctrl-C (temp files, folders)
+        raise KeyboardInterrupt
+
+    if threading_main():
+        signal.signal(signal.SIGTERM, _terminated)
     # chapters execute with their own folder as working directory: a relative data
     # setting must mean what it meant where the command was typed
     if os.environ.get(ENV_VAR) and not os.path.isabs(os.environ[ENV_VAR]):

@@ -308,17 +308,17 @@ def comparison(full: list, ch3: list, prev: list):
     def minutes(rs):
         return f"2-core CPU, {np.mean([r.summary['train_time_s'] for r in rs]) / 60:.0f} min"
 
-    rows = [dict(source=p["source"], data="pristine (published)", epochs=p["epochs"],
+    rows = [dict(source=p["source"], data="pristine (published)", epochs=f"{p['epochs']:g}",
                  accuracy=f"{p['accuracy']:.2%}", hardware=p["hardware"]) for p in PUBLISHED]
     plain = [r.summary["test_acc"] for r in full]
     tta = [r.summary["test_acc_tta"] for r in full]
     rows.append(dict(source="this chapter's full recipe", data="JPEG copy",
-                     epochs=full[0].config.epochs,
+                     epochs=str(full[0].config.epochs),
                      accuracy=f"{fmt(tta)} with TTA; {fmt(plain)} plain",
                      hardware=minutes(full)))
     for name, rs in (("chapter 3's CNN", ch3), ("the search's best (chapter 6)", prev)):
         if rs:
-            rows.append(dict(source=name, data="JPEG copy", epochs=rs[0].config.epochs,
+            rows.append(dict(source=name, data="JPEG copy", epochs=str(rs[0].config.epochs),
                              accuracy=fmt([r.summary["test_acc"] for r in rs]) + " plain",
                              hardware=minutes(rs)))
     return pd.DataFrame(rows).set_index("source")

@@ -63,4 +63,4 @@ def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B") -> str:
     if abs(d) < se_test:
         text += (f"; smaller than the test set's own sampling error ({se_test * 100:.2f} "
                  f"points on {n_test:,} images)")
-    return text
+    return text[0].upper() + text[1:]
