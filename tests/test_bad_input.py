@@ -304,8 +304,8 @@ def table_markdown() -> str:
     for what, args, env, msg, kept in TABLE:
         cmd = " ".join(["python -m lib", *args])
         pre = " ".join(f"{k}={v}" for k, v in env.items())
-        rows.append(f"| {what}: `{(pre + ' ' if pre else '') + cmd}` | `error: ...{msg}...` "
-                    f"| {kept} |")
+        rows.append(f"| {what}: `{(pre + ' ' if pre else '') + cmd}` | one line, `error:` "
+                    f"with `{msg}` | {kept} |")
     for what, seen, kept, _test in GUARANTEES:
         rows.append(f"| {what} | {seen} | {kept} |")
     return "\n".join(rows)
