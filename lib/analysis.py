@@ -430,6 +430,7 @@ def flip_tta(run, ds: Dataset, batch_size: int = 500) -> dict:
     are computed here in fp32, so the difference is the augmentation's alone."""
     import torch
 
+    from .fast import tta_views
     from .runs import CacheError
     from .train import to_input
 
@@ -447,9 +448,10 @@ def flip_tta(run, ds: Dataset, batch_size: int = 500) -> dict:
         for i in range(0, len(ds.y_test), batch_size):
             x = to_input(ds, ds.x_test[i:i + batch_size])
             y = torch.as_tensor(ds.y_test[i:i + batch_size]).long()
-            a, b = model(x), model(x.flip(3))  # NCHW: dim 3 is the width
-            plain += int((a.argmax(1) == y).sum())
-            tta += int(((a + b).argmax(1) == y).sum())
+            # the mirror views of lib.fast.tta_views (level 1), the first being the image
+            outs = [(w, model(v)) for w, v in tta_views(x, 1)]
+            plain += int((outs[0][1].argmax(1) == y).sum())
+            tta += int((sum(w * o for w, o in outs).argmax(1) == y).sum())
     n = len(ds.y_test)
     return {"test_acc_fp32": plain / n, "test_acc_flip_tta": tta / n}
 

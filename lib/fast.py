@@ -9,8 +9,6 @@ file's functions with ``literalinclude``, so they are kept short and plain.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -211,7 +209,3 @@ def lr_triangle(step: int, total: int, warmup: float, start: float = 0.2,
     if step < w:
         return start + (1 - start) * step / w
     return 1 + (end - 1) * (step - w) / max(1, total - w)
-
-
-def check_finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -144,21 +144,16 @@ def run(device: str = "auto", tiny: bool = False, workers=(1, 2, 4), runs_dir=No
 def projected_hours(cnn_images_per_s: float, runs_dir=None, echo=print) -> float:
     """The gpu-budget book's training time, from :mod:`lib.plan`'s cost model scaled by
     the chapter-3 CNN's speed here against its cached runs'."""
-    import json
-
     import numpy as np
 
     from . import plan
-    from .runs import runs_root
 
-    recorded = [json.loads(p.read_text())["images_per_s"]
-                for p in runs_root(runs_dir).glob("ch03/*/summary.json")
-                if json.loads(p.read_text()).get("n_params", 0) > 100_000]
+    cached = plan.cached_cnn_speed(runs_dir)
     cost = plan.CostModel(runs_dir)
-    if not recorded or not cost.rate:
+    if cached is None or not cost.rate:
         echo("projected gpu-budget book: no cached chapter-3 runs to scale from")
         return float("nan")
-    cost.scale = cnn_images_per_s / float(np.median(recorded))
+    cost.scale = cnn_images_per_s / cached
     items = plan.items("gpu", "a-fresh-copy", runs_dir, "cpu", cost)
     hours = sum(i.estimate_s for i in items if np.isfinite(i.estimate_s)) / 3600
     echo(f"projected gpu-budget book: about {hours:.1f} hours of training for {len(items)} "

@@ -179,22 +179,29 @@ def _retrain_items(budget, fp, root, cost, runs_dir, device) -> list[Item]:
     return out
 
 
+def cached_cnn_speed(runs_dir=None) -> float | None:
+    """Median images/s of the chapter-3 CNN's cached CPU runs (None without any): what a
+    device's measured speed is compared with."""
+    recorded = []
+    for p in runs_root(runs_dir).glob("ch03/*/summary.json"):
+        s = json.loads(p.read_text())
+        if s.get("n_params", 0) > 100_000 and s.get("device") == "cpu":
+            recorded.append(s["images_per_s"])
+    return float(np.median(recorded)) if recorded else None
+
+
 def measure_scale(cost: CostModel, device: str, runs_dir=None) -> float:
     """The chapter-3 CNN's images/s here, for a few steps, over its cached runs'."""
     from . import bench, book
     from .data import synthetic
     from .train import resolve_device
 
-    recorded = []
-    for p in runs_root(runs_dir).glob("ch03/*/summary.json"):
-        s = json.loads(p.read_text())
-        if s.get("n_params", 0) > 100_000 and s.get("device") == "cpu":
-            recorded.append(s["images_per_s"])
-    if not recorded:
+    cached = cached_cnn_speed(runs_dir)
+    if cached is None:
         return 1.0
     ds = synthetic(n_train=128 * 12, n_test=200)
     here = bench.ours_throughput(ds, book.ch03_cnn_model(), 128, 10, 2, resolve_device(device))
-    return here / float(np.median(recorded))
+    return here / cached
 
 
 def table(budget: str, fingerprint: str, runs_dir=None, device: str = "cpu",

@@ -145,11 +145,9 @@ def jpeg_runs(ds, budget: str = "cpu", runs_dir=None, train: bool = False) -> li
 
     out = []
     for q in JPEG_QUALITIES:
-        dq = None
+        dq = reencode_jpeg(ds, q)  # its fingerprint is part of every run's key
         for s in range(JPEG_SEEDS[budget]):
             c = ladder_configs(budget, s)[-1][1]
-            if dq is None:  # the re-encoded copy's fingerprint is needed for the key
-                dq = reencode_jpeg(ds, q)
             run = R.get(c, dq, "recipe-jpeg", runs_dir) if train else \
                 R.find(c, dq, "recipe-jpeg", runs_dir)
             out.append(dict(quality=q, seed=s, run=run))

@@ -386,17 +386,12 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.
     Runs on whatever device ``x`` is on; random numbers come from ``gen`` (CPU),
     so a seed fixes the augmentation on every device.
     """
-    b, c, h, w = x.shape
-    dev = x.device
+    b, dev = x.shape[0], x.device
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(dev)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(dev)
     flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-    xp = xp.gather(2, rows.expand(b, c, h, w + 2 * pad))
-    cols = dx[:, None] + torch.arange(w, device=dev)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
-    return xp.gather(3, cols.expand(b, c, h, w))
+    x = fast.shift_crop(x, dy, dx, pad, "zeros")
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 def default_augmentation(c: Config) -> bool:
