@@ -361,12 +361,29 @@ def cmd_train(a) -> None:
           f"{s['epochs_run']} epochs, {s['images_per_s']:.0f} images/s on {s['device']}")
 
 
+def _sweep_data(a):
+    from .data import load_cifar10, synthetic
+
+    return synthetic(512, 256) if a.synthetic or a.budget == "smoke" \
+        else load_cifar10(a.data_dir)
+
+
 def cmd_sweep(a) -> None:
     import yaml
 
-    from . import search
+    from . import search, studies
 
-    specs = search.studies(a.budget)
+    specs = studies.studies(a.budget)
+    if a.study == "fidelity":  # not an Optuna study: fixed configs at every fidelity
+        ds = _sweep_data(a)
+        df = studies.fidelity_runs(ds, a.budget, a.runs_dir, train=not a.list,
+                                   device=a.device, log=lambda m: print(m, flush=True))
+        if len(df):
+            tab = studies.fidelity_table(df, a.budget)
+            print(tab.to_string(index=False))
+            if len(tab) and tab.configs.min() > 2:
+                print(f"the rule picks: {studies.pick_fidelity(tab)}")
+        return
     if a.space:
         try:
             space = yaml.safe_load(Path(a.space).read_text())
@@ -374,29 +391,28 @@ def cmd_sweep(a) -> None:
             raise UserError(f"--space {a.space}: cannot read it ({e})") from None
         if not isinstance(space, dict):
             raise UserError(f"--space {a.space}: expected a mapping name -> choices/range")
-        spec = search.StudySpec(a.study, space, search.base_config(a.budget),
+        spec = search.StudySpec(a.study, space, studies.base_config(a.budget),
                                 a.sampler or "tpe", a.pruner or "hyperband",
                                 a.n_trials or 20)
     elif a.study in specs:
         spec = specs[a.study]
     else:
-        raise UserError(f"unknown study {a.study!r}; the book's studies: {sorted(specs)} "
-                        "(or give --space FILE for your own)")
+        raise UserError(f"unknown study {a.study!r}; the book's studies: "
+                        f"{sorted([*specs, 'fidelity'])} (or give --space FILE for your own)")
     changes = {k: v for k, v in dict(n_trials=a.n_trials, sampler=a.sampler,
                                      pruner=a.pruner).items() if v is not None}
     if changes and not a.space:
         spec = search.StudySpec(**{**{f: getattr(spec, f) for f in
                                       spec.__dataclass_fields__}, **changes})
     if a.retrain:
-        from .data import load_cifar10, synthetic
-
-        ds = synthetic(512, 256) if a.synthetic or a.budget == "smoke" \
-            else load_cifar10(a.data_dir)
-        rt = search.retrain(spec.name, a.budget, ds, k=a.retrain, runs_dir=a.runs_dir,
-                            device=a.device, log=lambda m: print(m, flush=True),
-                            epochs=a.epochs, seeds=a.seeds)
+        rt = search.retrain(spec.name, a.budget, _sweep_data(a), k=a.retrain,
+                            runs_dir=a.runs_dir, device=a.device,
+                            log=lambda m: print(m, flush=True), epochs=a.epochs,
+                            seeds=a.seeds)
         print(rt.drop(columns="run").to_string(index=False))
         return
+    if a.study == "recipe-main" and not a.space:
+        studies.check_recipe_fidelity(_sweep_data(a), a.budget, a.runs_dir)
     out = search.run_study(spec, a.storage, a.n_workers, a.data_dir, a.runs_dir, a.device,
                            synthetic=a.synthetic or a.budget == "smoke", progress=None)
     print(f"study {out['study']}: {out['trained']} trials trained ({out['complete']} "
@@ -542,10 +558,16 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("sweep", help="run or resume a hyperparameter study (chapter 6)")
     common(q)
     q.add_argument("--study", default="main",
-                   help="main, grid-lr-bs, pair-pruned, pair-sha, pair-full, "
-                        "or a new name with --space")
+                   help="the first round's main, grid-lr-bs, pair-pruned, pair-sha, "
+                        "pair-full, wide; around the recipe: fidelity (the fidelity "
+                        "study, first), recipe-tpe-R and recipe-random-R (TPE against "
+                        "random, repeat R), recipe-main (needs the fidelity study); or a "
+                        "new name with --space")
+    q.add_argument("--list", action="store_true",
+                   help="with --study fidelity: say what is cached, train nothing")
     q.add_argument("--space", default=None,
-                   help="YAML file: name -> list of choices or {low, high, log}")
+                   help="YAML file: name -> list of choices, {low, high, log}, "
+                        "{choices, implies} or {given, cases} (see lib.search)")
     q.add_argument("--n-trials", type=int, default=None, help="trained trials in total")
     q.add_argument("--sampler", default=None, help="tpe, random or grid")
     q.add_argument("--pruner", default=None, help="hyperband, sha or none")

@@ -109,6 +109,17 @@ def decoupled_to_torch(lr: float, momentum: float, weight_decay: float,
     return torch_lr, torch_wd
 
 
+def coupled_to_decoupled(lr: float, momentum: float, weight_decay: float,
+                         batch_size: int) -> tuple[float, float]:
+    """The decoupled (lr, weight_decay) that take the same SGD steps as PyTorch's
+    ``lr`` and ``weight_decay`` on a *mean* loss over ``batch_size`` examples (chapter
+    3's recipe): the inverse of :func:`decoupled_to_torch` after the mean-to-sum change
+    of the loss (the gradient is ``batch_size`` times larger)."""
+    scale = 1024 * (1 + 1 / (1 - momentum))
+    torch_lr = lr / batch_size  # the same step on a summed loss
+    return torch_lr * scale, lr * weight_decay * scale / batch_size
+
+
 # --------------------------------------------------------------------------
 # 4. lookahead: an exponential moving average of the weights on a schedule
 # --------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def _run(chapter, what, group, c, fp, root, cost, framework="torch", device="cpu
 def items(budget: str, fingerprint: str, runs_dir=None, device: str = "cpu",
           cost: CostModel | None = None) -> list[Item]:
     """Every training run the chapters ask for at ``budget`` on data ``fingerprint``."""
-    from . import book, recipe, search
+    from . import book, recipe, studies
 
     root = runs_root(runs_dir)
     cost = cost or CostModel(runs_dir)
@@ -109,17 +109,44 @@ def items(budget: str, fingerprint: str, runs_dir=None, device: str = "cpu",
     for name, cs in book.ch03_configs(budget).items():
         for c in cs:
             add("03 MLP vs CNN", f"{name}, seed {c.seed}", "ch03", c)
+    for c in book.ch03_mlp_tuning_configs(budget):
+        add("03 MLP vs CNN", f"MLP lr {c.lr:g}, augment {c.augment} (validation)", "ch03", c)
+    for c in book.ch03_mlp_tuned_configs(budget, *_mlp_choice(budget, fingerprint, root)):
+        add("03 MLP vs CNN", f"MLP, chosen lr {c.lr:g}, seed {c.seed}", "ch03", c)
     add("04 monitoring", "the tracked run", "ch04", book.ch04_config(budget))
+    for c in book.wd_experiment_configs(budget):
+        add("07 analysis", f"weight decay {c.weight_decay:g}, seed {c.seed}", "ch03", c)
     for group, name, c in recipe.plan(budget):
         add("05 recipe", name, group, c)
         if group == "recipe-ablation" and budget != "smoke":  # `python -m lib recipe`
             out[-1].book_trains = False
-    for spec in search.studies(budget).values():
+    for spec in studies.studies(budget).values():
         out.append(_study_item(spec, fingerprint, runs_dir, cost, device))
+        if spec.name.startswith("recipe-"):  # `python -m lib sweep --study <name>`
+            out[-1].book_trains = False
+    for label, fid, c in studies.fidelity_configs(budget):
+        add("06 search", f"fidelity study: {label} at {fid}", "search/fidelity", c)
+        out[-1].book_trains = False  # `python -m lib sweep --study fidelity`
     out += _retrain_items(budget, fingerprint, root, cost, runs_dir, device)
     for c in book.ch07_configs(budget):
         add("08 Keras", f"Keras, seed {c.seed}", "ch07", c, framework="keras")
     return out
+
+
+def _mlp_choice(budget: str, fingerprint: str, root: Path) -> tuple[float, bool]:
+    """Chapter 3's choice of the MLP's learning rate and augmentation from its cached
+    validation runs; before they exist, the CNN's (an estimate of the same cost)."""
+    from . import book
+
+    best, choice = -1.0, (book.ch03_configs(budget)["mlp"][0].lr, True)
+    for c in book.ch03_mlp_tuning_configs(budget):
+        p = root / "ch03" / run_key(c, fingerprint)
+        if not (p / "summary.json").is_file():
+            return book.ch03_configs(budget)["mlp"][0].lr, True
+        acc = json.loads((p / "summary.json").read_text())["val_acc"]
+        if acc > best:
+            best, choice = acc, (c.lr, c.augment)
+    return choice
 
 
 def _study_item(spec, fp, runs_dir, cost, device) -> Item:

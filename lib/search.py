@@ -53,53 +53,192 @@ def known_params() -> list[str]:
     return sorted(top + [f"model.{f.name}" for f in fields(ModelConfig)])
 
 
+#: A search space maps a name (a Config field or ``model.<field>``) to one of:
+#:
+#: - a list: categorical choices (a tuple field's value written "64/256/256");
+#: - ``{"low", "high", "log"?, "step"?}``: a range (ints give an int range);
+#: - ``{"choices": [...], "implies": {choice: {field: value}}}``: categorical, a choice
+#:   also setting other fields (AdamW: the coupled parametrisation);
+#: - ``{"given": name, "cases": {value: spec}}``: a different list or range for each
+#:   value of an earlier name (the learning rate's range per optimiser). Optuna sees
+#:   it as the parameter ``name|value``, so that each range has its own history.
+SEP = "|"
+
+
+def _is_tuple_field(name: str) -> bool:
+    obj, attr = (ModelConfig, name[6:]) if name.startswith("model.") else (Config, name)
+    f = {f.name: f for f in fields(obj)}.get(attr)
+    return f is not None and str(f.type).startswith("tuple")
+
+
+def decode_value(name: str, v):
+    """A space value as the config takes it ("64/256/256" -> (64, 256, 256))."""
+    if isinstance(v, str) and _is_tuple_field(name):
+        try:
+            return tuple(int(x) for x in v.split("/"))
+        except ValueError:
+            raise SearchError(f"{name}={v!r}: write a tuple as numbers joined by '/', "
+                              "e.g. '64/256/256'") from None
+    return v
+
+
+def _choices(spec):
+    return list(spec["choices"] if isinstance(spec, dict) and "choices" in spec else spec)
+
+
+def _leaves(space: dict, params: dict | None = None):
+    """(Optuna name, field name, leaf spec) of each parameter that applies; with
+    ``params`` (Optuna values so far) a conditional resolves to its case, without it
+    every case is listed."""
+    for name, spec in space.items():
+        if isinstance(spec, dict) and "given" in spec:
+            cases = spec["cases"]
+            if params is None:
+                for case, leaf in cases.items():
+                    yield f"{name}{SEP}{case}", name, leaf
+            else:
+                case = params.get(spec["given"])
+                if case in cases:
+                    yield f"{name}{SEP}{case}", name, cases[case]
+        else:
+            yield name, name, spec
+
+
+def decode(space: dict, params: dict) -> dict:
+    """Optuna's parameter values -> config overrides: conditional names lose their
+    ``|case``, tuples are parsed, implied settings added, and ``model.depth`` follows
+    ``model.block_widths`` when the space sets the widths but not the depth."""
+    out = {}
+    for name, spec in space.items():
+        if isinstance(spec, dict) and "implies" in spec and params.get(name) in spec["implies"]:
+            out.update(spec["implies"][params[name]])
+    for oname, field_name, _ in _leaves(space, params):
+        if oname in params:
+            out[field_name] = decode_value(field_name, params[oname])
+    if "model.block_widths" in out and "model.depth" not in space:
+        out["model.depth"] = len(out["model.block_widths"])
+    return out
+
+
+def encode(space: dict, overrides: dict) -> dict:
+    """Config overrides (e.g. the recipe's defaults) -> Optuna's parameter values, to
+    enqueue them as a trial; a tuple is written "a/b/c"."""
+    out = {}
+    for name, spec in space.items():
+        if name not in overrides:
+            raise SearchError(f"enqueued trial: no value for {name!r} of the space")
+        v = overrides[name]
+        if isinstance(v, (tuple, list)):
+            v = "/".join(str(int(x)) for x in v)
+        if isinstance(spec, dict) and "given" in spec:
+            out[f"{name}{SEP}{overrides[spec['given']]}"] = v
+        else:
+            out[name] = v
+    return out
+
+
 def check_space(space: dict, base: Config) -> None:
     """Raise SearchError (one line) for an unknown name, an impossible range or a value
-    no config accepts. A list is categorical; a dict is ``{low, high, log?, step?}``."""
+    no config accepts (see :data:`SEP` for the forms a space takes)."""
     if not space:
         raise SearchError("the search space is empty; give at least one parameter")
     known = known_params()
+    seen: list[str] = []
     for name, spec in space.items():
         if name not in known:
             raise SearchError(f"unknown hyperparameter {name!r} in the search space; "
                               f"known: {', '.join(known)}")
-        if isinstance(spec, (list, tuple)):
-            if not spec:
-                raise SearchError(f"{name}: no choices given")
-            values = list(spec)
-        elif isinstance(spec, dict):
-            extra = set(spec) - {"low", "high", "log", "step"}
-            if extra or not {"low", "high"} <= set(spec):
-                raise SearchError(f"{name}: a range needs low and high (and optionally "
-                                  f"log, step); got {sorted(spec)}")
-            lo, hi = spec["low"], spec["high"]
-            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float))) \
-                    or not lo < hi:
-                raise SearchError(f"{name}: impossible range low={lo!r} high={hi!r} "
-                                  "(need numbers with low < high)")
-            if spec.get("log") and lo <= 0:
-                raise SearchError(f"{name}: a log range needs low > 0, got low={lo!r}")
-            values = [lo, hi]
+        if isinstance(spec, dict) and "given" in spec:
+            given = spec["given"]
+            if given not in seen or not isinstance(space[given], (list, tuple, dict)) \
+                    or (isinstance(space[given], dict) and "low" in space[given]):
+                raise SearchError(f"{name}: 'given' must name a categorical parameter "
+                                  f"listed before it, not {given!r}")
+            cases = spec.get("cases") or {}
+            missing = [c for c in _choices(space[given]) if c not in cases]
+            if missing:
+                raise SearchError(f"{name}: no case for {given}={missing[0]!r}; give one "
+                                  f"per choice of {given}")
+            implied = space[given].get("implies", {}) if isinstance(space[given], dict) else {}
+            for case, leaf in cases.items():
+                _check_leaf(f"{name}{SEP}{case}", name, leaf, base,
+                            {given: case, **implied.get(case, {})})
+        elif isinstance(spec, dict) and "choices" in spec:
+            extra = set(spec) - {"choices", "implies"}
+            if extra:
+                raise SearchError(f"{name}: unknown keys {sorted(extra)} (choices, implies)")
+            for choice, sets in (spec.get("implies") or {}).items():
+                if choice not in spec["choices"]:
+                    raise SearchError(f"{name}: implies for {choice!r}, not a choice")
+                for k in sets:
+                    if k not in known:
+                        raise SearchError(f"{name}={choice!r} implies unknown {k!r}")
+            for c in _choices(spec):
+                _check_leaf(name, name, [c], base, (spec.get("implies") or {}).get(c, {}))
         else:
-            raise SearchError(f"{name}: give a list of choices or a dict with low/high, "
-                              f"not {spec!r}")
-        for v in values:
-            try:
-                make_config(base, **{name: v})
-            except (ConfigError, TypeError, ValueError) as e:
-                raise SearchError(f"{name}={v!r} is not a valid value: {e}") from None
+            _check_leaf(name, name, spec, base, {})
+        seen.append(name)
+
+
+def _check_leaf(oname: str, name: str, spec, base: Config, context: dict) -> None:
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise SearchError(f"{oname}: no choices given")
+        values = list(spec)
+    elif isinstance(spec, dict):
+        extra = set(spec) - {"low", "high", "log", "step"}
+        if extra or not {"low", "high"} <= set(spec):
+            raise SearchError(f"{oname}: a range needs low and high (and optionally "
+                              f"log, step); got {sorted(spec)}")
+        lo, hi = spec["low"], spec["high"]
+        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float))) \
+                or not lo < hi:
+            raise SearchError(f"{oname}: impossible range low={lo!r} high={hi!r} "
+                              "(need numbers with low < high)")
+        if spec.get("log") and lo <= 0:
+            raise SearchError(f"{oname}: a log range needs low > 0, got low={lo!r}")
+        values = [lo, hi]
+    else:
+        raise SearchError(f"{oname}: give a list of choices or a dict with low/high, "
+                          f"not {spec!r}")
+    for v in values:
+        over = {k: decode_value(k, x) for k, x in {**context, name: v}.items()}
+        if "model.block_widths" in over and "model.depth" not in over:
+            over["model.depth"] = len(over["model.block_widths"])
+        try:
+            make_config(base, **over)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise SearchError(f"{oname}={v!r} is not a valid value: {e}") from None
 
 
 def suggest(trial, name: str, spec):
     """One value of ``name`` from the trial (Optuna's suggest_* API)."""
-    if isinstance(spec, (list, tuple)):
-        return trial.suggest_categorical(name, list(spec))
+    if isinstance(spec, (list, tuple)) or (isinstance(spec, dict) and "choices" in spec):
+        return trial.suggest_categorical(name, _choices(spec))
     lo, hi = spec["low"], spec["high"]
     if isinstance(lo, int) and isinstance(hi, int):
         return trial.suggest_int(name, lo, hi, log=bool(spec.get("log")),
                                  step=spec.get("step") or 1)
     return trial.suggest_float(name, float(lo), float(hi), log=bool(spec.get("log")),
                                step=spec.get("step"))
+
+
+def suggest_all(trial, space: dict) -> dict:
+    """Optuna's values of every parameter that applies to this trial, in space order
+    (a conditional one after the parameter it depends on)."""
+    params: dict = {}
+    for name, spec in space.items():
+        if isinstance(spec, dict) and "given" in spec:
+            case = params[spec["given"]]
+            params[f"{name}{SEP}{case}"] = suggest(trial, f"{name}{SEP}{case}",
+                                                   spec["cases"][case])
+        else:
+            params[name] = suggest(trial, name, spec)
+    return params
+
+
+def is_conditional(space: dict) -> bool:
+    return any(isinstance(s, dict) and "given" in s for s in space.values())
 
 
 # --------------------------------------------------------------------------
@@ -126,6 +265,7 @@ class StudySpec:
     max_macs: float | None = None  # skip (do not train) models above this compute
     n_startup_trials: int = 16    # TPE: random trials before the model kicks in
     about: str = ""
+    enqueue: tuple = ()           # config overrides tried first (e.g. the recipe's defaults)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -139,6 +279,12 @@ class StudySpec:
         check_space(self.space, self.base)
         if self.sampler == "grid" and any(isinstance(v, dict) for v in self.space.values()):
             raise SearchError("a grid study needs a list of values for every parameter")
+        object.__setattr__(self, "enqueue", tuple(dict(e) for e in self.enqueue))
+        for e in self.enqueue:  # each must be a point of the space
+            try:
+                make_config(self.base, **decode(self.space, encode(self.space, e)))
+            except (ConfigError, TypeError, ValueError) as err:
+                raise SearchError(f"enqueued trial {e}: {err}") from None
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -148,87 +294,6 @@ class StudySpec:
     @property
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.space.values())
-
-
-#: The space of the book's main study (chapter 6 explains each choice).
-MAIN_SPACE = {
-    "batch_size": [64, 128, 256, 512],
-    "lr": {"low": 1e-4, "high": 1.0, "log": True},
-    "optimizer": ["sgd", "adam"],
-    "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
-    "model.depth": [2, 3, 4],
-    "model.width": [16, 32, 48, 64],
-    "model.growth": [1.0, 1.5, 2.0],
-    "model.kernel_size": [3, 5, 7],
-    "model.convs_per_block": [1, 2],
-    "model.batch_norm": [True, False],
-    "model.early_pool": [False, True],
-}
-
-#: The space of chapter 6's second study: airbench's layout (two 3x3 convs per block,
-#: the pooling right after the first, batch norm, SGD), searched at a higher fidelity,
-#: with the training knobs the main study left out (label smoothing).
-WIDE_SPACE = {
-    "batch_size": [128, 256, 512],
-    "lr": {"low": 0.01, "high": 1.0, "log": True},
-    "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
-    "label_smoothing": [0.0, 0.1, 0.2],
-    "model.depth": [3, 4],
-    "model.width": [48, 64],
-}
-WIDE_MODEL = dict(kernel_size=3, convs_per_block=2, early_pool=True, batch_norm=True,
-                  growth=2.0)
-
-#: Fidelity of a trial per budget: training images, max epochs, validation split.
-TRIAL_BUDGETS = {
-    "smoke": dict(n_train=None, epochs=3, holdout=64, batch_size=32),
-    "cpu": dict(n_train=10_000, epochs=9, holdout=5_000),
-    "gpu": dict(n_train=None, epochs=27, holdout=5_000),
-}
-
-
-def base_config(budget: str) -> Config:
-    """The fixed part of every trial at ``budget`` (chapter 6)."""
-    if budget not in TRIAL_BUDGETS:
-        raise SearchError(f"budget {budget!r}: use one of {sorted(TRIAL_BUDGETS)}")
-    return make_config(schedule="onecycle", save_weights=False, **TRIAL_BUDGETS[budget])
-
-
-def studies(budget: str = "cpu") -> dict[str, StudySpec]:
-    """The book's studies at ``budget`` (chapter 6 and 6 read them)."""
-    base = base_config(budget)
-    small = {"smoke": 1, "cpu": 1, "gpu": 1}[budget]
-    n = {"smoke": 10, "cpu": 60, "gpu": 200}[budget]
-    cap = {"smoke": 20e6, "cpu": 160e6, "gpu": None}[budget]
-    grid_base = make_config(base, epochs={"smoke": 2, "cpu": 4, "gpu": 10}[budget],
-                            model=dict(depth=3, width=32, convs_per_block=2)
-                            if budget != "smoke" else dict(depth=2, width=8))
-    pair_base = make_config(base, n_train={"smoke": None, "cpu": 5_000, "gpu": 20_000}[budget])
-    pair_n = {"smoke": 4, "cpu": 16, "gpu": 40}[budget]
-    lr_grid = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0] if budget != "smoke" else [0.01, 0.1, 1.0]
-    bs_grid = [64, 128, 256, 512] if budget != "smoke" else [32, 64]
-    wide_base = make_config(base, optimizer="sgd", model=WIDE_MODEL,
-                            **{"smoke": {}, "cpu": dict(n_train=20_000, epochs=6),
-                               "gpu": {}}[budget])
-    specs = [
-        StudySpec("main", MAIN_SPACE, base, "tpe", "hyperband", n, small, max_macs=cap,
-                  about="TPE over 11 hyperparameters with Hyperband on epochs"),
-        StudySpec("grid-lr-bs", {"lr": lr_grid, "batch_size": bs_grid},
-                  grid_base, "grid", "none", len(lr_grid) * len(bs_grid),
-                  about="every learning rate x batch size pair, the chapter-3 CNN"),
-        StudySpec("pair-pruned", MAIN_SPACE, pair_base, "random", "hyperband", pair_n, small,
-                  seed=1, max_macs=cap, about="random configs, Hyperband"),
-        StudySpec("pair-sha", MAIN_SPACE, pair_base, "random", "sha", pair_n, small,
-                  seed=1, max_macs=cap, about="the same random configs, successive halving"),
-        StudySpec("pair-full", MAIN_SPACE, pair_base, "random", "none", pair_n, small,
-                  seed=1, max_macs=cap, about="the same random configs, no pruning"),
-        StudySpec("wide", WIDE_SPACE, wide_base, "tpe", "sha",
-                  {"smoke": 3, "cpu": 12, "gpu": 40}[budget],
-                  {"smoke": 1, "cpu": 2, "gpu": 3}[budget],
-                  n_startup_trials={"smoke": 2, "cpu": 6, "gpu": 12}[budget],
-                  about="airbench's layout, twice the images per trial, SHA on epochs"),
-    ]
-    return {s.name: s for s in specs}
 
 
 # --------------------------------------------------------------------------
@@ -331,6 +396,7 @@ def make_sampler(spec: StudySpec, offset: int = 0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                          group=is_conditional(spec.space),
                                           constant_liar=True,
                                           n_startup_trials=spec.n_startup_trials)
 
@@ -349,7 +415,12 @@ def make_pruner(spec: StudySpec):
 
 
 def _comparable(spec_json: str) -> dict:
+    from dataclasses import MISSING
+
     d = json.loads(spec_json)
+    for f in fields(StudySpec):  # a field added later, at its default, is no change
+        if f.name not in d and f.default is not MISSING:
+            d[f.name] = json.loads(json.dumps(f.default))
     d["base"] = params_dict(d["base"])  # a field added later, at its default, is no change
     d.pop("n_trials")  # growing a study is resuming it
     d.pop("about")
@@ -357,18 +428,24 @@ def _comparable(spec_json: str) -> dict:
 
 
 def sample_params(space: dict, rng) -> dict:
-    """One random point of ``space`` (numpy ``rng``): the queued configs of a random study."""
+    """One random point of ``space`` (numpy ``rng``), as Optuna's parameter values: the
+    queued configs of a random study."""
+    def draw(s):
+        if isinstance(s, (list, tuple)) or "choices" in s:
+            ch = _choices(s)
+            return ch[int(rng.integers(len(ch)))]
+        lo, hi = s["low"], s["high"]
+        v = math.exp(rng.uniform(math.log(lo), math.log(hi))) if s.get("log") \
+            else rng.uniform(lo, hi)
+        return int(round(v)) if isinstance(lo, int) and isinstance(hi, int) else v
+
     out = {}
     for name, s in space.items():
-        if isinstance(s, (list, tuple)):
-            out[name] = s[int(rng.integers(len(s)))]
-            continue
-        lo, hi = s["low"], s["high"]
-        if s.get("log"):
-            v = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        if isinstance(s, dict) and "given" in s:
+            case = out[s["given"]]
+            out[f"{name}{SEP}{case}"] = draw(s["cases"][case])
         else:
-            v = rng.uniform(lo, hi)
-        out[name] = int(round(v)) if isinstance(lo, int) and isinstance(hi, int) else v
+            out[name] = draw(s)
     return out
 
 
@@ -392,6 +469,8 @@ def create_study(spec: StudySpec, storage, worker: int = 0):
     stored = study.user_attrs.get("spec")
     if stored is None:
         study.set_user_attr("spec", spec.to_json())
+        for e in spec.enqueue:  # e.g. the recipe's defaults: the first trials
+            study.enqueue_trial(encode(spec.space, e))
         if spec.sampler == "random":
             rng = np.random.default_rng(spec.seed)
             for _ in range(3 * spec.n_trials):
@@ -421,7 +500,8 @@ def n_trained(study) -> int:
 
 
 def trial_config(spec: StudySpec, params: dict) -> Config:
-    return make_config(spec.base, **params)
+    """The config a trial trains, from Optuna's parameter values (see :func:`decode`)."""
+    return make_config(spec.base, **decode(spec.space, params))
 
 
 def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progress=None):
@@ -438,8 +518,7 @@ def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progre
             trial.set_user_attr("skipped", "the study has enough trials")
             trial.set_user_attr("epochs_run", 0)
             raise optuna.TrialPruned()
-        params = {name: suggest(trial, name, s) for name, s in spec.space.items()}
-        c = trial_config(spec, params)
+        c = trial_config(spec, suggest_all(trial, spec.space))
         cost = macs(c.model)
         trial.set_user_attr("macs", cost)
         if spec.max_macs and cost > spec.max_macs:

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from lib import runs, search
+from lib import runs, search, studies
 from lib.data import REPO_ROOT
 from lib.train import make_config
 
-SMOKE = search.base_config("smoke")
+SMOKE = studies.base_config("smoke")
 
 
 def spec(name="t", **kw):
@@ -97,7 +97,7 @@ def test_study_trains_cached_runs_and_stops_at_n_trials(tmp_path):
 
 @pytest.mark.parametrize("budget", ["smoke", "cpu", "gpu"])
 def test_book_studies_are_valid_and_wide_keeps_airbench_layout(budget):
-    specs = search.studies(budget)
+    specs = studies.studies(budget)
     assert {"main", "grid-lr-bs", "pair-pruned", "pair-sha", "pair-full", "wide"} <= set(specs)
     wide, main = specs["wide"], specs["main"]
     c = search.trial_config(wide, {"model.depth": 4, "model.width": 64, "lr": 0.1})

@@ -1,0 +1,366 @@
+"""The book's studies (chapters 6 and 7): what is searched, at which fidelity, how.
+
+Definitions only; the engine that runs them is :mod:`lib.search`. Two generations:
+
+- the first round's studies over chapter 3's kind of CNN (``main``, the learning-rate x
+  batch-size grid, the paired pruning studies, ``wide``), kept for chapter 7's analyses
+  and as the line of comparison "what a naive space found";
+- the search around chapter 5's recipe: a fidelity study that picks the trials'
+  fidelity, TPE against random search repeated at a cheap fidelity, and the main study
+  ``recipe-main`` at the picked fidelity, with the recipe's defaults and chapter 3's
+  architecture and hyperparameters enqueued as its first trials.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .data import Dataset
+from .models import macs
+from .search import SearchError, StudySpec, decode, sample_params
+from .train import Config, make_config
+
+#: The space of the book's main study (chapter 6 explains each choice).
+MAIN_SPACE = {
+    "batch_size": [64, 128, 256, 512],
+    "lr": {"low": 1e-4, "high": 1.0, "log": True},
+    "optimizer": ["sgd", "adam"],
+    "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+    "model.depth": [2, 3, 4],
+    "model.width": [16, 32, 48, 64],
+    "model.growth": [1.0, 1.5, 2.0],
+    "model.kernel_size": [3, 5, 7],
+    "model.convs_per_block": [1, 2],
+    "model.batch_norm": [True, False],
+    "model.early_pool": [False, True],
+}
+
+#: The space of chapter 6's second study: airbench's layout (two 3x3 convs per block,
+#: the pooling right after the first, batch norm, SGD), searched at a higher fidelity,
+#: with the training knobs the main study left out (label smoothing).
+WIDE_SPACE = {
+    "batch_size": [128, 256, 512],
+    "lr": {"low": 0.01, "high": 1.0, "log": True},
+    "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+    "label_smoothing": [0.0, 0.1, 0.2],
+    "model.depth": [3, 4],
+    "model.width": [48, 64],
+}
+WIDE_MODEL = dict(kernel_size=3, convs_per_block=2, early_pool=True, batch_norm=True,
+                  growth=2.0)
+
+#: Fidelity of a trial per budget: training images, max epochs, validation split.
+TRIAL_BUDGETS = {
+    "smoke": dict(n_train=None, epochs=3, holdout=64, batch_size=32),
+    "cpu": dict(n_train=10_000, epochs=9, holdout=5_000),
+    "gpu": dict(n_train=None, epochs=27, holdout=5_000),
+}
+
+
+def base_config(budget: str) -> Config:
+    """The fixed part of every trial at ``budget`` (chapter 6)."""
+    if budget not in TRIAL_BUDGETS:
+        raise SearchError(f"budget {budget!r}: use one of {sorted(TRIAL_BUDGETS)}")
+    return make_config(schedule="onecycle", save_weights=False, **TRIAL_BUDGETS[budget])
+
+
+def studies(budget: str = "cpu") -> dict[str, StudySpec]:
+    """The first round's studies at ``budget`` (chapters 6 and 7 read them), and the
+    search around the recipe (:func:`recipe_studies`)."""
+    base = base_config(budget)
+    small = {"smoke": 1, "cpu": 1, "gpu": 1}[budget]
+    n = {"smoke": 10, "cpu": 60, "gpu": 200}[budget]
+    cap = {"smoke": 20e6, "cpu": 160e6, "gpu": None}[budget]
+    grid_base = make_config(base, epochs={"smoke": 2, "cpu": 4, "gpu": 10}[budget],
+                            model=dict(depth=3, width=32, convs_per_block=2)
+                            if budget != "smoke" else dict(depth=2, width=8))
+    pair_base = make_config(base, n_train={"smoke": None, "cpu": 5_000, "gpu": 20_000}[budget])
+    pair_n = {"smoke": 4, "cpu": 16, "gpu": 40}[budget]
+    lr_grid = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0] if budget != "smoke" else [0.01, 0.1, 1.0]
+    bs_grid = [64, 128, 256, 512] if budget != "smoke" else [32, 64]
+    wide_base = make_config(base, optimizer="sgd", model=WIDE_MODEL,
+                            **{"smoke": {}, "cpu": dict(n_train=20_000, epochs=6),
+                               "gpu": {}}[budget])
+    specs = [
+        StudySpec("main", MAIN_SPACE, base, "tpe", "hyperband", n, small, max_macs=cap,
+                  about="TPE over 11 hyperparameters with Hyperband on epochs"),
+        StudySpec("grid-lr-bs", {"lr": lr_grid, "batch_size": bs_grid},
+                  grid_base, "grid", "none", len(lr_grid) * len(bs_grid),
+                  about="every learning rate x batch size pair, the chapter-3 CNN"),
+        StudySpec("pair-pruned", MAIN_SPACE, pair_base, "random", "hyperband", pair_n, small,
+                  seed=1, max_macs=cap, about="random configs, Hyperband"),
+        StudySpec("pair-sha", MAIN_SPACE, pair_base, "random", "sha", pair_n, small,
+                  seed=1, max_macs=cap, about="the same random configs, successive halving"),
+        StudySpec("pair-full", MAIN_SPACE, pair_base, "random", "none", pair_n, small,
+                  seed=1, max_macs=cap, about="the same random configs, no pruning"),
+        StudySpec("wide", WIDE_SPACE, wide_base, "tpe", "sha",
+                  {"smoke": 3, "cpu": 12, "gpu": 40}[budget],
+                  {"smoke": 1, "cpu": 2, "gpu": 3}[budget],
+                  n_startup_trials={"smoke": 2, "cpu": 6, "gpu": 12}[budget],
+                  about="airbench's layout, twice the images per trial, SHA on epochs"),
+    ]
+    return {**{s.name: s for s in specs}, **recipe_studies(budget)}
+
+
+# --------------------------------------------------------------------------
+# the search around chapter 5's recipe
+# --------------------------------------------------------------------------
+#: The space around the recipe: the exercise's hyperparameters (batch size, learning
+#: rate, number and size of the conv layers, kernel size) and the recipe's other knobs.
+#: The learning rate, momentum and weight decay have one range per optimiser: SGD's in
+#: the decoupled parametrisation (per 1,024 examples; the recipe's 11.5 and 0.0153 sit
+#: inside, and so do chapter 3's 0.05 and 5e-4 converted, 4.4 and 0.0022), AdamW's in
+#: PyTorch's own units (its weight decay is decoupled by construction of AdamW).
+RECIPE_SPACE = {
+    "optimizer": {"choices": ["sgd", "adamw"],
+                  "implies": {"adamw": {"parametrisation": "coupled", "bias_lr_scale": 1.0}}},
+    "lr": {"given": "optimizer", "cases": {
+        "sgd": {"low": 2.0, "high": 60.0, "log": True},
+        "adamw": {"low": 3e-4, "high": 1e-2, "log": True}}},
+    "momentum": {"given": "optimizer", "cases": {
+        "sgd": {"low": 0.6, "high": 0.95}, "adamw": [0.9]}},
+    "weight_decay": {"given": "optimizer", "cases": {
+        "sgd": {"low": 1e-3, "high": 0.1, "log": True},
+        "adamw": {"low": 1e-3, "high": 0.5, "log": True}}},
+    "batch_size": [128, 256, 512, 1024, 2048],
+    "label_smoothing": [0.0, 0.1, 0.2, 0.3],
+    "lookahead_every": [0, 5],
+    "model.block_widths": ["64/128", "32/64/128", "64/128/128", "64/256/256",
+                           "32/64/128/256", "64/128/256/512"],
+    "model.convs_per_block": [1, 2, 3],
+    "model.kernel_size": [3, 5],
+}
+
+#: Trials above this compute are skipped, not trained (1.7 times the recipe's network).
+RECIPE_MAX_MACS = 200e6
+
+
+def recipe_defaults() -> dict:
+    """The recipe's own values of :data:`RECIPE_SPACE` (the main study's first trial)."""
+    from .recipe import FAST_MODEL, FAST_TRAIN
+
+    return {"optimizer": "sgd", **{k: FAST_TRAIN[k] for k in (
+        "lr", "momentum", "weight_decay", "batch_size", "label_smoothing",
+        "lookahead_every")},
+        **{f"model.{k}": FAST_MODEL[k] for k in ("block_widths", "convs_per_block",
+                                                 "kernel_size")}}
+
+
+def ch03_in_recipe() -> dict:
+    """Chapter 3's CNN (widths 32/64/128, two 3x3 convs a block) and its optimiser
+    settings (batch 128, lr 0.05, momentum 0.9, weight decay 5e-4 on a mean loss),
+    converted to the decoupled parametrisation, with no label smoothing and no
+    lookahead: a point of :data:`RECIPE_SPACE`. The recipe's other techniques
+    (whitening, Dirac init, batch-norm tweaks, GELU, schedule, augmentation) stay on."""
+    from .book import ch03_configs
+    from .fast import coupled_to_decoupled
+
+    c = ch03_configs("cpu")["cnn"][0]
+    lr, wd = coupled_to_decoupled(c.lr, c.momentum, c.weight_decay, c.batch_size)
+    return {"optimizer": "sgd", "lr": round(lr, 6), "momentum": c.momentum,
+            "weight_decay": round(wd, 6), "batch_size": c.batch_size,
+            "label_smoothing": c.label_smoothing, "lookahead_every": 0,
+            "model.block_widths": tuple(c.model.widths()),
+            "model.convs_per_block": c.model.convs_per_block,
+            "model.kernel_size": c.model.kernel_size}
+
+
+#: The candidate fidelities of a trial (training images, epochs) and the reference close
+#: to the full budget (all 45,000 images outside the validation split, the recipe's 10
+#: epochs). Every fidelity scores the same 5,000 held-out images.
+FIDELITIES = {
+    "smoke": {"tiny": (None, 1), "small": (None, 2), "reference": (None, 3)},
+    "cpu": {"5k x 5": (5_000, 5), "10k x 5": (10_000, 5), "10k x 10": (10_000, 10),
+            "reference": (None, 10)},
+    "gpu": {"10k x 10": (10_000, 10), "20k x 10": (20_000, 10), "45k x 5": (None, 5),
+            "reference": (None, 10)},
+}
+#: Configurations in the fidelity study: the recipe's defaults, chapter 3's CNN in the
+#: recipe, and random points of the space (below the compute cap), drawn with seed 0,
+#: SGD and AdamW in turn so that both optimisers are in it.
+FIDELITY_N_CONFIGS = {"smoke": 3, "cpu": 8, "gpu": 10}
+#: The rule that picks the trials' fidelity: the cheapest whose Spearman rank
+#: correlation with the reference is at least this (else the most correlated).
+FIDELITY_MIN_SPEARMAN = 0.8
+#: The fidelity the main study uses; `python -m lib sweep --study recipe-main` refuses
+#: to start unless the fidelity study's rule picks the same one (chapter 6 shows both).
+RECIPE_FIDELITY = {"smoke": "small", "cpu": "10k x 5", "gpu": "20k x 10"}
+#: The cheap fidelity of the TPE-against-random repeats, and their size.
+COMPARE_FIDELITY = {"smoke": "tiny", "cpu": "5k x 5", "gpu": "10k x 10"}
+COMPARE_REPEATS = {"smoke": 2, "cpu": 3, "gpu": 5}
+COMPARE_TRIALS = {"smoke": 4, "cpu": 20, "gpu": 40}
+RECIPE_TRIALS = {"smoke": 6, "cpu": 60, "gpu": 200}
+
+
+def recipe_base(budget: str, fidelity: str) -> Config:
+    """Every trial of the recipe's search at ``fidelity``: the recipe (chapter 5) on a
+    validation split, no test-time augmentation, no weights kept."""
+    from .recipe import RECIPE_BUDGETS, fast_config
+
+    if budget not in FIDELITIES:
+        raise SearchError(f"budget {budget!r}: use one of {sorted(FIDELITIES)}")
+    if fidelity not in FIDELITIES[budget]:
+        raise SearchError(f"fidelity {fidelity!r}: use one of {sorted(FIDELITIES[budget])}")
+    n_train, epochs = FIDELITIES[budget][fidelity]
+    over = dict(epochs=epochs, n_train=n_train, holdout=5_000, tta=0, save_weights=False)
+    if budget == "smoke":  # synthetic data, seconds
+        over.update(holdout=64, batch_size=64, n_test=None,
+                    model=RECIPE_BUDGETS["smoke"]["model"])
+    return fast_config(budget, **over)
+
+
+def _space(budget: str) -> dict:
+    if budget != "smoke":
+        return RECIPE_SPACE
+    return {**RECIPE_SPACE, "batch_size": [32, 64],
+            "model.block_widths": ["8/16", "8/16/16"]}
+
+
+def _enqueued(budget: str) -> tuple:
+    if budget == "smoke":
+        return ({**recipe_defaults(), "batch_size": 64, "model.block_widths": (8, 16, 16)},)
+    return (recipe_defaults(), ch03_in_recipe())
+
+
+def min_epochs(base: Config) -> int:
+    """The pruner's first rung: the first epoch after the learning-rate warm-up, so that
+    no trial is judged while its learning rate is still rising."""
+    return max(1, math.ceil(base.warmup * base.epochs))
+
+
+def recipe_studies(budget: str = "cpu") -> dict[str, StudySpec]:
+    """The search around the recipe: the main study at :data:`RECIPE_FIDELITY`, and
+    TPE against random search, :data:`COMPARE_REPEATS` times each, at
+    :data:`COMPARE_FIDELITY` without pruning."""
+    space = _space(budget)
+    cap = None if budget == "gpu" else RECIPE_MAX_MACS
+    main_base = recipe_base(budget, RECIPE_FIDELITY[budget])
+    specs = [StudySpec("recipe-main", space, main_base, "tpe", "hyperband",
+                       RECIPE_TRIALS[budget], min_epochs(main_base),
+                       max_macs=cap, n_startup_trials={"smoke": 2}.get(budget, 12),
+                       enqueue=_enqueued(budget),
+                       about="TPE around the recipe, Hyperband from the first epoch "
+                             "after warm-up; the recipe's defaults first")]
+    cmp_base = recipe_base(budget, COMPARE_FIDELITY[budget])
+    for r in range(COMPARE_REPEATS[budget]):
+        for sampler in ("tpe", "random"):
+            specs.append(StudySpec(
+                f"recipe-{sampler}-{r}", space, cmp_base, sampler, "none",
+                COMPARE_TRIALS[budget], seed=r, max_macs=cap,
+                n_startup_trials={"smoke": 2}.get(budget, 6),
+                about=f"{sampler} search, repeat {r}, at the cheap fidelity, no pruning"))
+    return {s.name: s for s in specs}
+
+
+# --------------------------------------------------------------------------
+# the fidelity study
+# --------------------------------------------------------------------------
+def fidelity_points(budget: str = "cpu") -> list[tuple[str, dict]]:
+    """(label, Optuna parameter values) of the fidelity study's configurations."""
+    from .search import encode
+
+    space = _space(budget)
+    out = [("recipe defaults", encode(space, _enqueued(budget)[0]))]
+    if budget != "smoke":
+        out.append(("chapter 3's CNN in the recipe", encode(space, ch03_in_recipe())))
+    rng = np.random.default_rng(0)
+    base = recipe_base(budget, "reference")
+    while len(out) < FIDELITY_N_CONFIGS[budget]:
+        p = sample_params(space, rng)
+        c = make_config(base, **decode(space, p))
+        if p["optimizer"] != ("sgd", "adamw")[len(out) % 2]:
+            continue
+        if budget == "gpu" or macs(c.model) <= RECIPE_MAX_MACS:
+            out.append((f"random {len(out) - 1}", p))
+    return out
+
+
+def fidelity_configs(budget: str = "cpu") -> list[tuple[str, str, Config]]:
+    """(config label, fidelity, config) of every fidelity-study run, in training order:
+    each configuration at every candidate fidelity and at the reference."""
+    space = _space(budget)
+    out = []
+    for label, p in fidelity_points(budget):
+        for fid in FIDELITIES[budget]:
+            out.append((label, fid, make_config(recipe_base(budget, fid),
+                                                **decode(space, p))))
+    return out
+
+
+def fidelity_runs(ds: Dataset, budget: str = "cpu", runs_dir=None, train: bool = False,
+                  device="auto", log=None) -> pd.DataFrame:
+    """One row per fidelity-study run (cached ones only unless ``train``): config label,
+    fidelity, final validation accuracy, minutes of training, images x epochs."""
+    from . import runs as R
+
+    rows = []
+    todo = fidelity_configs(budget)
+    for i, (label, fid, c) in enumerate(todo, 1):
+        if log:
+            cached = R.find(c, ds, "search/fidelity", runs_dir) is not None
+            log(f"[{i}/{len(todo)}] fidelity study: {label} at {fid}: "
+                f"{'cached' if cached else 'to train' if train else 'missing'}")
+        run = (R.get(c, ds, "search/fidelity", runs_dir, device=device) if train
+               else R.find(c, ds, "search/fidelity", runs_dir))
+        if run is None:
+            continue
+        n = run.summary["train_images"]
+        rows.append(dict(config=label, fidelity=fid, val_acc=run.summary["val_acc"],
+                         status=run.summary["status"],
+                         minutes=run.summary["train_time_s"] / 60,
+                         image_epochs=n * run.summary["epochs_run"], key=run.key))
+    return pd.DataFrame(rows)
+
+
+def fidelity_table(df: pd.DataFrame, budget: str = "cpu") -> pd.DataFrame:
+    """Per candidate fidelity: the Spearman rank correlation of its validation accuracy
+    with the reference's over the configurations run at both (scipy.stats.spearmanr),
+    how many, and the mean minutes of a run: what the rule of :func:`pick_fidelity`
+    reads."""
+    from scipy.stats import spearmanr
+
+    wide = df.pivot_table(index="config", columns="fidelity", values="val_acc")
+    mins = df.groupby("fidelity").minutes.mean()
+    rows = []
+    for fid in FIDELITIES[budget]:
+        if fid == "reference" or fid not in wide or "reference" not in wide:
+            continue
+        both = wide[[fid, "reference"]].dropna()
+        rho = spearmanr(both[fid], both["reference"]).statistic if len(both) > 2 \
+            else float("nan")
+        rows.append(dict(fidelity=fid, spearman=float(rho), configs=len(both),
+                         minutes_per_run=float(mins[fid]),
+                         cost_vs_reference=float(mins[fid] / mins["reference"])))
+    return pd.DataFrame(rows)
+
+
+def pick_fidelity(table: pd.DataFrame, min_rho: float = FIDELITY_MIN_SPEARMAN) -> str:
+    """The cheapest fidelity whose rank correlation with the reference reaches
+    ``min_rho``; if none does, the most correlated one."""
+    if table.empty:
+        raise SearchError("no fidelity has runs at both it and the reference yet; run "
+                          "`python -m lib sweep --study fidelity`")
+    ok = table[table.spearman >= min_rho]
+    if len(ok):
+        return str(ok.sort_values("minutes_per_run").fidelity.iloc[0])
+    return str(table.sort_values("spearman", ascending=False).fidelity.iloc[0])
+
+
+def check_recipe_fidelity(ds: Dataset, budget: str = "cpu", runs_dir=None) -> str:
+    """Refuse (SearchError, one line) to start the main study before the fidelity study
+    is complete, or when its rule picks another fidelity than :data:`RECIPE_FIDELITY`."""
+    df = fidelity_runs(ds, budget, runs_dir)
+    need = len(fidelity_configs(budget))
+    if len(df) < need:
+        raise SearchError(f"the fidelity study has {len(df)} of its {need} runs; run "
+                          "`python -m lib sweep --study fidelity` first (it picks the "
+                          "main study's fidelity)")
+    picked = pick_fidelity(fidelity_table(df, budget))
+    if picked != RECIPE_FIDELITY[budget]:
+        raise SearchError(f"the fidelity study picks {picked!r} but "
+                          f"lib.studies.RECIPE_FIDELITY[{budget!r}] is "
+                          f"{RECIPE_FIDELITY[budget]!r}; set it to {picked!r} first")
+    return picked

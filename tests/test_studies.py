@@ -1,0 +1,157 @@
+"""The search around the recipe: conditional spaces, implied settings, tuples written
+"a/b/c", enqueued first trials, the fidelity study's rule (chapter 6)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib import fast, search, studies
+from lib.recipe import fast_config
+from lib.train import make_config
+
+SPACE = {
+    "optimizer": {"choices": ["sgd", "adamw"],
+                  "implies": {"adamw": {"parametrisation": "coupled",
+                                        "bias_lr_scale": 1.0}}},
+    "lr": {"given": "optimizer", "cases": {"sgd": {"low": 2.0, "high": 20.0, "log": True},
+                                           "adamw": {"low": 1e-4, "high": 1e-2,
+                                                     "log": True}}},
+    "model.block_widths": ["8/16", "8/16/16"],
+}
+
+
+def base():
+    return studies.recipe_base("smoke", "tiny")
+
+
+def test_conditional_space_decodes_to_configs():
+    sgd = search.trial_config(search.StudySpec("c", SPACE, base()),
+                              {"optimizer": "sgd", "lr|sgd": 5.0,
+                               "model.block_widths": "8/16"})
+    assert (sgd.optimizer, sgd.lr, sgd.parametrisation) == ("sgd", 5.0, "decoupled")
+    assert sgd.model.block_widths == (8, 16) and sgd.model.depth == 2
+    adamw = search.trial_config(search.StudySpec("c", SPACE, base()),
+                                {"optimizer": "adamw", "lr|adamw": 1e-3,
+                                 "model.block_widths": "8/16/16"})
+    assert (adamw.optimizer, adamw.parametrisation, adamw.bias_lr_scale) == \
+        ("adamw", "coupled", 1.0)
+    assert adamw.lr == 1e-3 and adamw.model.depth == 3
+
+
+def test_encode_is_the_inverse_of_decode():
+    over = {"optimizer": "adamw", "lr": 3e-3, "model.block_widths": (8, 16)}
+    p = search.encode(SPACE, over)
+    assert p == {"optimizer": "adamw", "lr|adamw": 3e-3, "model.block_widths": "8/16"}
+    d = search.decode(SPACE, p)
+    assert d["lr"] == 3e-3 and d["model.block_widths"] == (8, 16) and d["model.depth"] == 2
+
+
+def test_random_points_follow_their_case():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = search.sample_params(SPACE, rng)
+        (k,) = [k for k in p if k.startswith("lr|")]
+        assert k == f"lr|{p['optimizer']}"
+        r = SPACE["lr"]["cases"][p["optimizer"]]
+        assert r["low"] <= p[k] <= r["high"]
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"lr": {"given": "optimizer", "cases": {"sgd": [1.0]}}}, "'given' must name"),
+    ({"optimizer": SPACE["optimizer"], "lr": {"given": "optimizer", "cases": {"sgd": [1.0]}}},
+     "no case for optimizer='adamw'"),
+    ({"optimizer": {"choices": ["sgd"], "implies": {"adam": {}}}}, "not a choice"),
+    ({"model.block_widths": ["8/x"]}, "numbers joined by '/'"),
+    ({"model.block_widths": ["8/-16"]}, "is not a valid value"),
+    ({"optimizer": {"choices": ["adamw"]}}, "is not a valid value"),  # decoupled + adamw
+])
+def test_bad_conditional_space_is_one_line(space, message):
+    with pytest.raises(search.SearchError, match=message) as e:
+        search.StudySpec("c", space, base())
+    assert "\n" not in str(e.value)
+
+
+def test_enqueued_trials_come_first_and_must_be_in_the_space(tmp_path):
+    first = {"optimizer": "sgd", "lr": 4.0, "model.block_widths": (8, 16)}
+    s = search.StudySpec("q", SPACE, make_config(base(), precision="fp32"), "tpe", "none",
+                         n_trials=3, n_startup_trials=2, enqueue=(first,))
+    search.run_study(s, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    df = search.trials_frame(search.load_study("q", tmp_path)).sort_values("number")
+    assert df.iloc[0]["lr|sgd"] == 4.0 and df.iloc[0]["model.block_widths"] == "8/16"
+    assert df.state.eq("COMPLETE").sum() == 3
+    with pytest.raises(search.SearchError, match="no value for 'model.block_widths'"):
+        search.StudySpec("q2", SPACE, base(), enqueue=({"optimizer": "sgd", "lr": 4.0},))
+    # a spec stored before `enqueue` existed still compares equal (resuming it works),
+    # and one with other enqueued trials does not
+    import json
+
+    plain = search.StudySpec("q", SPACE, base())
+    old = json.loads(plain.to_json())
+    del old["enqueue"]
+    assert search._comparable(json.dumps(old)) == search._comparable(plain.to_json())
+    assert search._comparable(s.to_json()) != search._comparable(plain.to_json())
+
+
+@pytest.mark.parametrize("budget", ["smoke", "cpu", "gpu"])
+def test_recipe_studies_are_valid_and_start_from_the_recipe(budget):
+    specs = studies.recipe_studies(budget)
+    main = specs["recipe-main"]
+    first = search.trial_config(main, search.encode(main.space, main.enqueue[0]))
+    if budget != "smoke":  # the recipe's defaults are the first trial, exactly
+        ref = fast_config(budget)
+        for f in ("lr", "momentum", "weight_decay", "batch_size", "label_smoothing",
+                  "lookahead_every", "parametrisation", "optimizer"):
+            assert getattr(first, f) == getattr(ref, f), f
+        assert first.model == ref.model
+        ch3 = search.trial_config(main, search.encode(main.space, main.enqueue[1]))
+        assert ch3.model.widths() == [32, 64, 128] and ch3.batch_size == 128
+    # the pruner's first rung comes after the warm-up
+    assert main.min_epochs >= main.base.warmup * main.base.epochs
+    assert sum(n.startswith("recipe-tpe-") for n in specs) == \
+        sum(n.startswith("recipe-random-") for n in specs) == studies.COMPARE_REPEATS[budget]
+    # every fidelity scores the same validation split, and the reference is the largest
+    cfgs = studies.fidelity_configs(budget)
+    assert len({c.holdout for _, _, c in cfgs}) == 1
+    assert len({label for label, _, _ in cfgs}) == studies.FIDELITY_N_CONFIGS[budget]
+
+
+def test_ch03_in_recipe_takes_the_same_sgd_steps():
+    lr, wd = fast.coupled_to_decoupled(0.05, 0.9, 5e-4, 128)
+    torch_lr, torch_wd = fast.decoupled_to_torch(lr, 0.9, wd, 128)
+    # summed loss: the gradient is 128 times the mean loss's; the same step needs lr/128
+    assert math.isclose(torch_lr * 128, 0.05) and math.isclose(torch_wd / 128, 5e-4)
+    p = studies.ch03_in_recipe()
+    assert math.isclose(p["lr"], lr, rel_tol=1e-5) and math.isclose(p["weight_decay"], wd,
+                                                                     rel_tol=1e-4)
+
+
+def test_fidelity_rule_picks_the_cheapest_well_correlated_fidelity():
+    rows = []
+    refs = [0.60, 0.70, 0.80, 0.85, 0.90]
+    for i, ref in enumerate(refs):
+        rows += [dict(config=f"c{i}", fidelity="reference", val_acc=ref, minutes=10.0),
+                 dict(config=f"c{i}", fidelity="5k x 5", val_acc=1 - ref, minutes=1.0),
+                 dict(config=f"c{i}", fidelity="10k x 5", val_acc=ref / 2, minutes=2.0),
+                 dict(config=f"c{i}", fidelity="10k x 10", val_acc=ref - 0.1, minutes=4.0)]
+    tab = studies.fidelity_table(pd.DataFrame(rows), "cpu")
+    rho = dict(zip(tab.fidelity, tab.spearman))
+    assert rho["5k x 5"] == pytest.approx(-1) and rho["10k x 5"] == pytest.approx(1)
+    assert rho["10k x 10"] == pytest.approx(1)
+    assert studies.pick_fidelity(tab) == "10k x 5"  # cheapest with rho >= 0.8
+    assert studies.pick_fidelity(tab, min_rho=1.5) in ("10k x 5", "10k x 10")
+    with pytest.raises(search.SearchError, match="sweep --study fidelity"):
+        studies.pick_fidelity(tab.iloc[:0])
+
+
+def test_fidelity_study_and_main_study_guard_at_smoke(tmp_path, synth):
+    from lib.data import synthetic
+
+    ds = synthetic(512, 256)
+    with pytest.raises(search.SearchError, match="sweep --study fidelity"):
+        studies.check_recipe_fidelity(ds, "smoke", tmp_path)
+    df = studies.fidelity_runs(ds, "smoke", tmp_path, train=True)
+    assert len(df) == len(studies.fidelity_configs("smoke"))
+    tab = studies.fidelity_table(df, "smoke")
+    assert set(tab.fidelity) == {"tiny", "small"} and (tab.configs == 3).all()
