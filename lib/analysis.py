@@ -32,6 +32,18 @@ def keeps_official_order(ds: Dataset) -> dict:
             "test": ds.y_test[:5].tolist() == OFFICIAL_FIRST_TEST}
 
 
+def explained_by_class(values, classes) -> float:
+    """The share of the variance of ``values`` that the class explains (eta squared:
+    the between-class sum of squares over the total; chapter 2)."""
+    v = pd.Series(np.asarray(values, dtype=float))
+    g = pd.Series(np.asarray(classes)).astype(str)
+    total = float(((v - v.mean()) ** 2).sum())
+    if total == 0:
+        return 0.0
+    means = v.groupby(g).transform("mean")
+    return float(((means - v.mean()) ** 2).sum() / total)
+
+
 def class_counts(ds: Dataset) -> pd.DataFrame:
     """Images per class and split (rows: classes)."""
     return pd.DataFrame({split: np.bincount(y, minlength=len(CLASSES))

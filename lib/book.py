@@ -123,6 +123,62 @@ def ch03_configs(budget: str) -> dict[str, list[Config]]:
             for name, m in (("mlp", ch03_mlp_model()), ("cnn", ch03_cnn_model()))}
 
 
+#: Chapter 3's fair chance for the MLP: its own learning rate, with and without the
+#: augmentation, chosen on a validation split (5,000 training images held out).
+MLP_LRS = {"smoke": (0.01, 0.05), "cpu": (0.002, 0.005, 0.01, 0.02, 0.05),
+           "gpu": (0.002, 0.005, 0.01, 0.02, 0.05)}
+MLP_HOLDOUT = {"smoke": 100, "cpu": 5_000, "gpu": 5_000}
+
+
+def ch03_mlp_tuning_configs(budget: str) -> list[Config]:
+    """The MLP of chapter 3 at each of :data:`MLP_LRS`, with and without augmentation,
+    scored on a validation split (one seed each): its learning rate is chosen here, not
+    borrowed from the CNN."""
+    base = ch03_configs(budget)["mlp"][0]
+    return [make_config(base, lr=lr, augment=aug, holdout=MLP_HOLDOUT[budget])
+            for aug in (True, False) for lr in MLP_LRS[budget]]
+
+
+def ch03_mlp_tuned_configs(budget: str, lr: float, augment: bool) -> list[Config]:
+    """The MLP with the chosen learning rate and augmentation, trained on the whole
+    training set and scored on the test set, with chapter 3's seeds."""
+    return [make_config(c, lr=lr, augment=augment) for c in ch03_configs(budget)["mlp"]]
+
+
+def ch03_mlp_fair_chance(data: Dataset, budget: str, runs_dir=None, device="auto",
+                         train: bool = True):
+    """Chapter 3's MLP search: (table of the validation accuracy per learning rate and
+    augmentation, the chosen (lr, augment), the chosen setting's test runs). The choice is
+    the best validation accuracy; the test set is scored only for the chosen setting."""
+    import pandas as pd
+
+    from . import runs as R
+
+    rows = []
+    for c in ch03_mlp_tuning_configs(budget):
+        r = R.get(c, data, "ch03", runs_dir, device=device, train=train)
+        rows.append(dict(lr=c.lr, augment=c.augment, val_acc=r.summary["val_acc"],
+                         train_acc=r.summary["train_acc"], key=r.key))
+    table = pd.DataFrame(rows)
+    best = table.loc[table.val_acc.idxmax()]
+    choice = (float(best.lr), bool(best.augment))
+    tuned = [R.get(c, data, "ch03", runs_dir, device=device, train=train)
+             for c in ch03_mlp_tuned_configs(budget, *choice)]
+    return table, choice, tuned
+
+
+#: Chapter 7's controlled weight-decay experiment: chapter 3's CNN and recipe with only
+#: the weight decay changed (5e-4 is chapter 3's own value, whose runs are reused).
+WD_VALUES = (0.0, 5e-4, 5e-3)
+WD_SEEDS = {"smoke": 1, "cpu": 2, "gpu": 3}
+
+
+def wd_experiment_configs(budget: str) -> list[Config]:
+    """Chapter 3's CNN at each of :data:`WD_VALUES`, :data:`WD_SEEDS` seeds each."""
+    cs = ch03_configs(budget)["cnn"][:WD_SEEDS[budget]]
+    return [make_config(c, weight_decay=wd) for wd in WD_VALUES for c in cs]
+
+
 def ch04_track() -> dict:
     """What chapter 4's run logs besides scalars and histograms: the model graph,
     prediction images, and a W&B offline run where W&B is installed."""

@@ -37,8 +37,9 @@ TMP = ".tmp"
 
 
 #: Every run folder and cached analysis file read in this process, relative to its
-#: runs root; a chapter's execution report records it so that ``python -m lib book``
-#: can tell when a chapter's inputs changed.
+#: runs root, and every run folder looked for and not found (a chapter that shows only
+#: what is cached must become stale when that run arrives); a chapter's execution
+#: report records it so that ``python -m lib book`` can tell when its inputs changed.
 READ: list[str] = []
 
 
@@ -155,6 +156,7 @@ def find(c: Config, ds: Dataset | str, group: str, runs_dir=None,
     key = run_key(c, fp, framework)
     path = runs_root(runs_dir) / group / key
     if not path.is_dir():
+        _note_read(path, runs_root(runs_dir))  # its arrival makes the chapter stale
         return None
     run = read_run(path)
     stored = (run_key(run.config, run.summary.get("data_fingerprint", ""),

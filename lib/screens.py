@@ -23,9 +23,14 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"]
 
-#: TensorBoard dashboards photographed: file name -> URL fragment.
-TB_PAGES = {"tb_scalars": "scalars", "tb_histograms": "histograms", "tb_hparams": "hparams",
-            "tb_graph": "graphs", "tb_images": "images"}
+#: TensorBoard dashboards photographed: file name -> URL fragment (a tag filter keeps
+#: each picture to what its caption in chapter 4 says).
+TB_PAGES = {"tb_scalars": "scalars&tagFilter=%5E(loss%7Caccuracy)%2F",
+            "tb_histograms": "histograms&tagFilter=%5Eweights%2F",
+            "tb_hparams": "hparams", "tb_graph": "graphs", "tb_images": "images"}
+#: The HParams table keeps these hyperparameters next to the final metrics.
+HPARAMS_SHOWN = {"lr", "batch_size", "weight_decay"}
+_HPARAMS_STATUS = {"Unknown", "Success", "Failure", "Running"}
 
 
 class ScreenshotError(RuntimeError):
@@ -60,7 +65,39 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise ScreenshotError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def tensorboard(log_dir: Path, out: Path, width: int = 1280, height: int = 800) -> list[Path]:
+def _set_checkbox(boxes, name: str, on: bool) -> None:
+    for j in range(boxes.count()):
+        box = boxes.nth(j)
+        if box.text_content().strip() == name and \
+                (box.get_attribute("checked") is not None) != on:
+            box.click()
+            time.sleep(0.3)
+
+
+def _prepare(page, frag: str) -> None:
+    """Make one dashboard show what its caption says (chapter 4)."""
+    if frag.startswith("scalars"):  # whole curves: no outlier clipping of the y axis
+        page.get_by_text("Ignore outliers in chart scaling").first.click()
+        time.sleep(2)
+    elif frag == "hparams":  # a few hyperparameters and every final metric
+        boxes = page.locator("tf-hparams-query-pane paper-checkbox")
+        names = [boxes.nth(i).text_content().strip() for i in range(boxes.count())]
+        for n in names:
+            if n and n not in _HPARAMS_STATUS and not n.startswith("final/"):
+                _set_checkbox(boxes, n, n in HPARAMS_SHOWN)
+        time.sleep(2)
+    elif frag == "graphs":  # open the model, then its convolutional block
+        for want in ("CNN", "Sequential[featu"):
+            nodes = page.locator("g.node.meta")
+            labels = [nodes.nth(i).text_content() for i in range(nodes.count())]
+            hit = [i for i, t in enumerate(labels) if t == want * 2 or
+                   (t.startswith(want) and len(t) < 40)]
+            if hit:
+                nodes.nth(hit[0]).locator(".nodeshape").first.dblclick()
+                time.sleep(3)
+
+
+def tensorboard(log_dir: Path, out: Path, width: int = 1600, height: int = 1000) -> list[Path]:
     """Screenshots of TensorBoard's dashboards for the event files in ``log_dir``."""
     from playwright.sync_api import sync_playwright
 
@@ -81,14 +118,18 @@ def tensorboard(log_dir: Path, out: Path, width: int = 1280, height: int = 800) 
                 page.goto(f"{url}/#{frag}")
                 page.wait_for_load_state("networkidle")
                 time.sleep(4)  # charts draw after the data arrives
-                if frag == "graphs":  # open the model's node to show its layers
-                    try:
-                        page.locator("text=CNN").first.dblclick(timeout=5000)
-                        time.sleep(2)
-                    except Exception:  # noqa: BLE001 - keep the collapsed graph
-                        pass
+                _prepare(page, frag)
                 shots.append(out / f"{name}.png")
-                page.screenshot(path=str(shots[-1]))
+                if frag == "images":  # one card, at twice the resolution: legible labels
+                    zoom = browser.new_page(viewport={"width": width, "height": height},
+                                            device_scale_factor=2)
+                    zoom.goto(f"{url}/#{frag}")
+                    zoom.wait_for_load_state("networkidle")
+                    time.sleep(4)
+                    zoom.locator("tf-image-loader").first.screenshot(path=str(shots[-1]))
+                    zoom.close()
+                else:
+                    page.screenshot(path=str(shots[-1]))
             browser.close()
     finally:
         proc.terminate()

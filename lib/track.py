@@ -171,6 +171,21 @@ class Tracker:
         if self.wb is not None:
             self.wb.finish()
             self.wb = None
+            drop_outside_links(self.log_dir.parent / "wandb")
+
+
+def drop_outside_links(folder: Path) -> list[Path]:
+    """Remove symbolic links under ``folder`` that point outside it (W&B links its core
+    log from the user's cache, which no other machine has); return what was removed."""
+    root = Path(folder).resolve()
+    gone = []
+    for f in sorted(Path(folder).rglob("*")) if Path(folder).is_dir() else []:
+        if f.is_symlink():
+            target = (f.parent / Path(f.readlink())).resolve()
+            if root not in target.parents and target != root:
+                f.unlink()
+                gone.append(f)
+    return gone
 
     # -- W&B -------------------------------------------------------------
     def _wandb_epoch(self, epoch, scalars, model, fig) -> None:
@@ -309,6 +324,16 @@ def wandb_files(wb_dir: Path):
     rows = [dict(file=str(f.relative_to(wb_dir)), bytes=f.stat().st_size)
             for f in sorted(wb_dir.rglob("*")) if f.is_file()]
     return pd.DataFrame(rows, columns=["file", "bytes"])
+
+
+def wandb_shares(files) -> dict:
+    """Shares of the bytes of :func:`wandb_files`: prediction images (``images``), the
+    transaction log ``run-*.wandb`` (``log``) and everything else (``other``)."""
+    total = max(int(files.bytes.sum()), 1)
+    images = files.file.str.endswith((".png", ".jpg", ".jpeg"))
+    log = files.file.str.endswith(".wandb")
+    return dict(images=files.bytes[images].sum() / total, log=files.bytes[log].sum() / total,
+                other=files.bytes[~images & ~log].sum() / total)
 
 
 def wandb_summary(wb_dir: Path) -> dict | None:

@@ -596,6 +596,7 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
         seen = 0
+        # [the training step: chapter 3 shows from here]
         for s in range(steps_per_epoch):
             idx = perm[s * c.batch_size:(s + 1) * c.batch_size]
             xb, yb = dd.x_train[idx], dd.y_train[idx]
@@ -622,6 +623,7 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
             loss_sum += loss.detach() * (1 if reduction == "sum" else len(yb))
             correct += (out.argmax(1) == yb).sum()
             seen += len(yb)
+            # [to here]
             bar.update()
             if (s % 25 == 0 or s == steps_per_epoch - 1) and not torch.isfinite(loss_sum):
                 status = "diverged"

@@ -143,3 +143,26 @@ def test_flip_tta_scores_mirror_images_and_caches(tmp_path, synth, tiny_config):
     shutil.rmtree(tmp_path / "ch05")
     with pytest.raises(runs.CacheError, match="no model.pt to score with flips"):
         analysis.flip_tta_table([run], synth, tmp_path)
+
+
+def test_explained_by_class_is_eta_squared():
+    from lib import analysis
+
+    # classes with different means and no spread inside: the class explains everything
+    assert analysis.explained_by_class([1, 1, 3, 3], ["a", "a", "b", "b"]) == 1.0
+    # equal class means: nothing
+    assert analysis.explained_by_class([1, 3, 1, 3], ["a", "a", "b", "b"]) == 0.0
+    # between SS 4 * 0.25 = 1 of total 1 + 4 * 0.25 ... checked by hand: values 0, 2, 1, 3
+    # class means 1 and 2, grand mean 1.5: between 4 * 0.25 = 1, total 5 -> 0.2
+    assert abs(analysis.explained_by_class([0, 2, 1, 3], ["a", "a", "b", "b"]) - 0.2) < 1e-12
+
+
+def test_wandb_shares_add_up():
+    import pandas as pd
+
+    from lib import track
+
+    files = pd.DataFrame(dict(file=["files/media/a.png", "run-x.wandb", "files/config.yaml"],
+                              bytes=[60, 30, 10]))
+    s = track.wandb_shares(files)
+    assert (s["images"], s["log"], round(s["other"], 10)) == (0.6, 0.3, 0.1)

@@ -91,3 +91,21 @@ def test_killed_run_leaves_no_folder(tmp_path, synth):
     # the next writer removes the dead process's temporary folder
     removed = runs.clean_stale_tmp(tmp_path)
     assert len(removed) == 1 and not any((tmp_path / runs.TMP).iterdir())
+
+
+def test_a_run_looked_for_and_missing_makes_the_chapter_stale_when_it_arrives(
+        tmp_path, synth, tiny_config, monkeypatch):
+    """A chapter that shows only cached runs (chapter 5's ablations) records the runs it
+    looked for and did not find; the digest `python -m lib book` compares changes when
+    one of them is trained."""
+    from lib import cli
+
+    monkeypatch.setattr(runs, "READ", [])
+    assert runs.find(tiny_config, synth, "g", tmp_path) is None
+    rel = f"g/{runs.run_key(tiny_config, synth.fingerprint)}"
+    assert runs.READ == [rel]
+    nb = cli.chapters()[0]
+    params = {"budget": "smoke", "runs_dir": str(tmp_path)}
+    before = cli.inputs_digest(nb, params, [rel])["runs read"]
+    runs.get(tiny_config, synth, "g", tmp_path)
+    assert cli.inputs_digest(nb, params, [rel])["runs read"] != before

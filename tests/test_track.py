@@ -102,3 +102,16 @@ def test_tracking_overhead_rows(synth, tiny_config):
     assert list(df.variant) == ["no logging", "TensorBoard scalars"]
     r = bench.overhead_ratios(df)
     assert r["no logging"] == 1.0 and r["TensorBoard scalars"] > 0
+
+
+def test_links_outside_the_wandb_folder_are_dropped(tmp_path):
+    from lib import track
+
+    wb = tmp_path / "wandb"
+    (wb / "run" / "logs").mkdir(parents=True)
+    (wb / "run" / "logs" / "debug.log").write_text("x")
+    (wb / "debug.log").symlink_to("run/logs/debug.log")  # inside: kept
+    (wb / "run" / "logs" / "core.log").symlink_to("/nonexistent/cache/core.log")  # outside
+    gone = track.drop_outside_links(wb)
+    assert gone == [wb / "run" / "logs" / "core.log"]
+    assert (wb / "debug.log").is_symlink() and not (wb / "run" / "logs" / "core.log").exists()
