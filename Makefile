@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install lock book plan html pdf test lint bench sweep recipe clean
 BUDGET ?= cpu
-STUDIES ?= main grid-lr-bs pair-pruned pair-sha pair-full wide
+STUDIES ?= $(shell $(PY) -c 'from lib import studies; print(*studies.sweep_order("$(BUDGET)"))' 2>/dev/null)
 
 EXTRAS := dev,tracking,keras,postgres
 LOCK := requirements.lock

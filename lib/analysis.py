@@ -386,12 +386,36 @@ def trial_kind(df: pd.DataFrame, chance: float = 0.2) -> pd.Series:
 
 
 def final_weights(weights: pd.DataFrame) -> pd.Series:
-    """Per-run summary of the last epoch's weights: total L2 norm over layers, and the
-    first and last layer's norms."""
+    """Per-run summary of the last epoch's weights: total L2 norm over layers, the first
+    and last layer's norms, and the root mean square of a single weight (the norm per
+    weight: ``rms`` over all layers, ``layer_rms`` the mean of the layers' own), which
+    compares networks of different sizes."""
     last = weights[weights.epoch == weights.epoch.max()]
-    return pd.Series(dict(total_norm=float(np.sqrt((last.norm**2).sum())),
+    sq = float((last.norm**2).sum())
+    return pd.Series(dict(total_norm=float(np.sqrt(sq)),
                           first_norm=float(last.norm.iloc[0]),
-                          last_norm=float(last.norm.iloc[-1])))
+                          last_norm=float(last.norm.iloc[-1]),
+                          rms=float(np.sqrt(sq / last.numel.sum())),
+                          layer_rms=float((last.norm / np.sqrt(last.numel)).mean())))
+
+
+def layer_rms(weights: pd.DataFrame) -> pd.DataFrame:
+    """weights.csv with each layer's RMS per weight (``rms`` = norm / sqrt(numel))."""
+    return weights.assign(rms=weights.norm / np.sqrt(weights.numel))
+
+
+def wd_summary(runs_by_wd: dict) -> pd.DataFrame:
+    """Chapter 7's weight-decay experiment, one row per weight decay: test and training
+    accuracy and their gap over the seeds, and the final RMS per weight (over layers)."""
+    rows = []
+    for wd, rs in runs_by_wd.items():
+        for r in rs:
+            fw = final_weights(r.weights)
+            rows.append(dict(weight_decay=wd, seed=r.config.seed,
+                             test_acc=r.summary["test_acc"], train_acc=r.summary["train_acc"],
+                             gap=r.summary["train_acc"] - r.summary["test_acc"],
+                             rms=fw.rms))
+    return pd.DataFrame(rows)
 
 
 def _blend(sd_a: dict, sd_b: dict, alpha: float) -> dict:

@@ -256,10 +256,15 @@ def plan_summary(budget: str, data_dir=None, runs_dir=None, device="auto",
     echo(head + (f"{int(df.cached.sum())} items cached, {len(todo)} to train, about "
                  f"{minutes:.0f} minutes of training{scale}" if len(todo) else
                  f"nothing to train ({int(df.cached.sum())} items cached)"))
-    if len(extra):
-        echo(f"  and {len(extra)} ablation runs of chapter 5 not cached yet (about "
-             f"{extra.minutes.sum():.0f} minutes): the book shows those it has; "
-             "`python -m lib recipe` (make recipe) trains them")
+    if len(extra):  # long jobs the chapters only show once cached
+        for chapter, how in (("05", "`python -m lib recipe` (make recipe)"),
+                             ("06", "`python -m lib sweep --study fidelity`, then each "
+                                    "recipe-* study (make sweep)")):
+            part = extra[extra.chapter.str.startswith(chapter)]
+            if len(part):
+                echo(f"  and {len(part)} runs or studies of chapter {chapter} not cached yet "
+                     f"(about {part.minutes.sum():.0f} minutes): the book shows those it "
+                     f"has; {how} trains them")
     return minutes
 
 

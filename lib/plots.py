@@ -554,17 +554,62 @@ def weight_quantiles(w: pd.DataFrame, layers: list[str], title: str = ""):
 
 
 def norm_scatter(df: pd.DataFrame):
-    """Final total weight norm against validation accuracy and against the
-    generalisation gap (train minus validation accuracy), coloured by weight decay."""
+    """Final RMS per weight against validation accuracy and against the generalisation
+    gap (train minus validation accuracy), coloured by weight decay."""
     fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.3), sharex=True, layout="constrained")
     c = np.log10(df.weight_decay)
     for ax, y, label in ((axes[0], "value", "validation accuracy"),
                          (axes[1], "gap", "train - validation accuracy")):
-        sc = ax.scatter(df.total_norm, df[y], c=c, cmap="coolwarm", s=18)
+        sc = ax.scatter(df.rms, df[y], c=c, cmap="coolwarm", s=18)
         ax.set_xscale("log")
-        ax.set_xlabel("total weight norm (final)")
+        ax.set_xlabel("RMS of a weight (final)")
         ax.set_ylabel(label)
     fig.colorbar(sc, ax=axes, shrink=0.8, label="log10 weight decay")
+    return fig
+
+
+def wd_rms(runs_by_wd: dict, layers: list[str]):
+    """Chapter 7's weight-decay experiment: the RMS of a weight per epoch for a few
+    layers, one line per weight decay (mean over its seeds, band from min to max)."""
+    from .analysis import layer_rms
+
+    fig, axes = plt.subplots(1, len(layers), figsize=(WIDTH, 2.8), squeeze=False,
+                             sharey=False, layout="constrained")
+    colours = plt.cm.coolwarm(np.linspace(0, 1, len(runs_by_wd)))
+    for ax, layer in zip(axes[0], layers):
+        for col, (wd, rs) in zip(colours, runs_by_wd.items()):
+            d = pd.concat([layer_rms(r.weights).query("layer == @layer")[["epoch", "rms"]]
+                           for r in rs])
+            g = d.groupby("epoch").rms
+            ax.plot(g.mean().index, g.mean(), color=col, label=f"weight decay {wd:g}")
+            ax.fill_between(g.min().index, g.min(), g.max(), color=col, alpha=0.2)
+        ax.set_title(layer.removesuffix(".weight"), fontsize=9)
+        ax.set_xlabel("epoch")
+        _integer_epochs(ax)
+    axes[0][0].set_ylabel("RMS of a weight")
+    axes[0][0].legend(fontsize=7)
+    return fig
+
+
+def wd_distributions(runs_by_wd: dict, layer: str):
+    """Chapter 7's weight-decay experiment: one layer's weight distribution over
+    training, one panel per weight decay (the first seed): mean, mean +- one standard
+    deviation, and minimum to maximum."""
+    fig, axes = plt.subplots(1, len(runs_by_wd), figsize=(WIDTH, 2.6), squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax, (wd, rs) in zip(axes[0], runs_by_wd.items()):
+        w = rs[0].weights
+        d = w[w.layer == layer]
+        ax.fill_between(d.epoch, d["min"], d["max"], alpha=0.15, color="tab:blue",
+                        label="min to max")
+        ax.fill_between(d.epoch, d["mean"] - d["std"], d["mean"] + d["std"], alpha=0.45,
+                        color="tab:blue", label="mean +- SD")
+        ax.plot(d.epoch, d["mean"], color="tab:blue", lw=1)
+        ax.set_title(f"weight decay {wd:g}", fontsize=9)
+        ax.set_xlabel("epoch")
+        _integer_epochs(ax)
+    axes[0][0].set_ylabel(f"{layer.removesuffix('.weight')} weights")
+    axes[0][0].legend(fontsize=7)
     return fig
 
 

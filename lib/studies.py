@@ -364,3 +364,12 @@ def check_recipe_fidelity(ds: Dataset, budget: str = "cpu", runs_dir=None) -> st
                           f"lib.studies.RECIPE_FIDELITY[{budget!r}] is "
                           f"{RECIPE_FIDELITY[budget]!r}; set it to {picked!r} first")
     return picked
+
+
+def sweep_order(budget: str = "cpu") -> list[str]:
+    """Every study `make sweep` runs, in order: the first round's, the fidelity study
+    (it picks the main study's fidelity), TPE against random, the main study."""
+    names = list(studies(budget))
+    recipe = [n for n in names if n.startswith("recipe-") and n != "recipe-main"]
+    first = [n for n in names if not n.startswith("recipe-")]
+    return [*first, "fidelity", *recipe, "recipe-main"]

@@ -33,10 +33,12 @@ def write_npz(path, **arrays):
 
 
 def copy_book(root):
-    """The book's sources (config, toc, book/) in ``root``, with lib/ linked for literalinclude."""
+    """The book's sources (config, toc, book/, the CSS in _static/, the Sphinx extension
+    in _ext/) in ``root``, with lib/ linked for literalinclude."""
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / name, root / name)
-    shutil.copytree(REPO_ROOT / "book", root / "book")
+    for name in ("book", "_static", "_ext"):
+        shutil.copytree(REPO_ROOT / name, root / name)
     (root / "lib").symlink_to(REPO_ROOT / "lib")
     return root
 

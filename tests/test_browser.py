@@ -31,9 +31,6 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 
 # Console errors that come from the theme, not from the book, each with its reason:
 ALLOWED_CONSOLE = (
-    # Jupyter Book 1.0.4 includes sphinx-thebe's config script twice on every page,
-    # so the second `const THEBE_JS_URL` fails; the book does not use Thebe.
-    "Identifier 'THEBE_JS_URL' has already been declared",
     # pydata-sphinx-theme reports a fresh browser profile's empty theme setting,
     # then falls back to "auto" (light/dark from the system).
     "Got invalid theme mode: . Resetting to auto.",
@@ -125,6 +122,13 @@ def test_every_page(site, browser):
             cut = page.evaluate("""Array.from(document.querySelectorAll('main td, main th'))
                 .map(c => c.innerText.trim()).filter(t => /(\\.\\.\\.|\u2026)$/.test(t))""")
             assert cut == [], (rel, cut[:5])
+            # every figure is described: alt text that is not a file name, or a caption
+            bare = page.evaluate("""Array.from(document.querySelectorAll('main img'))
+                .filter(i => !i.closest('figure')?.querySelector('figcaption'))
+                .filter(i => { const a = (i.getAttribute('alt') || '').trim();
+                               return a.length < 10 || /\\.(png|jpe?g|svg)$/i.test(a); })
+                .map(i => i.getAttribute('src'))""")
+            assert bare == [], (rel, bare[:5])
             page.screenshot(path=str(SHOTS / (Path(rel).stem + ".png")))
         finally:
             page.close()
