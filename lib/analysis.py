@@ -270,6 +270,33 @@ def importance(trials: list, method: str, n_boot: int = 100, seed: int = 0) -> p
     return pd.DataFrame(rows).sort_values("importance", ascending=False)
 
 
+def level_counts(trials: list, params: list[str]) -> pd.DataFrame:
+    """How many of ``trials`` (Optuna FrozenTrials) sit at each level of each categorical
+    hyperparameter: an importance that rests on four trials at one level says less than
+    one that rests on forty (chapter 7)."""
+    rows = []
+    for p in params:
+        vals = [t.params[p] for t in trials if p in t.params]
+        if not vals or isinstance(vals[0], float):
+            continue
+        for v, n in pd.Series(vals).astype(str).value_counts(sort=False).sort_index().items():
+            rows.append(dict(hyperparameter=p.removeprefix("model."), level=v, trials=int(n)))
+    return pd.DataFrame(rows)
+
+
+def supported_rankings(imp: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(method, higher, lower) for each pair of hyperparameters whose bootstrap intervals
+    do not overlap: the only rankings the importance estimates support (chapter 7)."""
+    out = []
+    for m, d in imp.groupby("method", sort=False):
+        d = d.sort_values("importance", ascending=False)
+        for a in d.itertuples():
+            for b in d.itertuples():
+                if a.param != b.param and a.lo > b.hi:
+                    out.append((m, a.param, b.param))
+    return out
+
+
 def feature_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     """Trial parameters as numbers for a surrogate: learning rate, batch size and weight
     decay as log10, booleans and the optimiser as 0/1 (chapter 7)."""
@@ -377,11 +404,19 @@ def spread_growth(weights: pd.DataFrame) -> pd.Series:
     return (last / first).reindex(first.index).rename("iqr growth")
 
 
-def trial_kind(df: pd.DataFrame, chance: float = 0.2) -> pd.Series:
-    """"diverged" (non-finite loss), "stuck" (validation accuracy below ``chance`` at the
-    epoch the trial stopped: no better than a few points above guessing) or "learned"."""
+#: A trial the pruner stopped while its learning rate was still warming up.
+WARMUP = "stopped in warm-up"
+
+
+def trial_kind(df: pd.DataFrame, chance: float = 0.2, warmup_epochs: int = 0) -> pd.Series:
+    """"diverged" (non-finite loss), :data:`WARMUP` (stopped, not diverged, after at most
+    ``warmup_epochs`` epochs: judged while its learning rate was still rising, a slow
+    starter rather than a stuck run), "stuck" (validation accuracy below ``chance`` at
+    the epoch the trial stopped: no better than a few points above guessing) or
+    "learned"."""
     kind = np.where(df.status == "diverged", "diverged",
-                    np.where(df.value < chance, "stuck", "learned"))
+                    np.where(df.epochs_run <= warmup_epochs, WARMUP,
+                             np.where(df.value < chance, "stuck", "learned")))
     return pd.Series(kind, index=df.index, name="kind")
 
 

@@ -331,14 +331,16 @@ def code_lines(*objs) -> int:
 # provenance
 # --------------------------------------------------------------------------
 def _machines(runs: list) -> dict:
-    """Each distinct device, thread count and torch version of ``runs``, in words, with
-    its number of runs."""
+    """Each distinct device, thread count and framework version (torch, or TensorFlow
+    and Keras) of ``runs``, in words, with its number of runs."""
     from collections import Counter
 
     def kind(m: dict) -> str:
         th = m.get("threads", "?")
+        lib = (f"TensorFlow {m.get('tensorflow', '?')}, Keras {m.get('keras', '?')}"
+               if m.get("framework") == "keras" else f"torch {m.get('torch', '?')}")
         return (f"{m.get('device', '?')} ({m.get('device_name', '?')}, {th} "
-                f"thread{'' if th == 1 else 's'}), torch {m.get('torch', '?')}")
+                f"thread{'' if th == 1 else 's'}), {lib}")
 
     return Counter(kind(r.summary) for r in runs)
 

@@ -482,9 +482,32 @@ def grid_heatmaps(df: pd.DataFrame, y: str = "value"):
     return fig
 
 
+def lr_by(df: pd.DataFrame, by: list[str], lr: str = "lr"):
+    """Validation accuracy against the learning rate (log scale), one panel per column
+    of ``by`` (e.g. the optimiser, batch norm on or off), colour by its value; trials
+    that ran every epoch as dots, pruned ones (their value from an earlier epoch) as
+    crosses (chapter 7)."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(by), figsize=(WIDTH, 3.0), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, col in zip(axes[0], by):
+        d = df.assign(**{"trial": np.where(df.state == "COMPLETE", "complete", "pruned"),
+                         col: df[col].astype(str)})
+        sns.scatterplot(data=d, x=lr, y="value", hue=col, style="trial",
+                        markers={"complete": "o", "pruned": "X"}, ax=ax, s=28)
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_title(f"by {col.removeprefix('model.')}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation accuracy")
+    return fig
+
+
 def kind_curves(curves: dict, y: str = "val_acc"):
     """Validation-accuracy curves of trials grouped by kind (learned, stuck, diverged)."""
-    colors = {"learned": "tab:blue", "stuck": "tab:red", "diverged": "black"}
+    colors = {"learned": "tab:blue", "stuck": "tab:red", "diverged": "black",
+              "stopped in warm-up": "tab:orange"}
     fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2))
     for kind, frames in curves.items():
         for i, m in enumerate(frames):

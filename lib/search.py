@@ -948,6 +948,32 @@ def pruning_summary(pruned: pd.DataFrame, full: pd.DataFrame) -> dict:
                 same_configs=bool(_configs(pruned) == _configs(full)))
 
 
+def pruning_audit(pruned: pd.DataFrame, full: pd.DataFrame, k: int = 6) -> dict:
+    """What a pruner did to the best configurations (chapter 6): of the ``k`` best by
+    their value without pruning (``full``, the same configs trained to the end), how
+    many the pruned study stopped early, and which (matched by run key)."""
+    top = full[full.state == "COMPLETE"].sort_values("value", ascending=False).head(k)
+    state = pruned.set_index("key").state
+    killed = [int(r.number) for r in top.itertuples() if state.get(r.key) == "PRUNED"]
+    return dict(k=len(top), killed=len(killed), killed_trials=killed,
+                best_kept=bool(len(top)) and state.get(top.key.iloc[0]) == "COMPLETE")
+
+
+def rung_correlation(spec: StudySpec, full: pd.DataFrame, epochs, runs_dir=None) -> pd.Series:
+    """Spearman rank correlation, over the trials trained to the end, between the
+    validation accuracy at each of ``epochs`` and the final one: how well a pruner
+    deciding at that epoch can rank the configurations (chapter 6)."""
+    from scipy.stats import spearmanr
+
+    done = full[full.state == "COMPLETE"]
+    per = per_epoch_frame(spec, done, runs_dir).pivot_table(index="number", columns="epoch",
+                                                             values="val_acc")
+    last = per.columns.max()
+    return pd.Series({e: float(spearmanr(per[e], per[last], nan_policy="omit").statistic)
+                      for e in epochs if e in per.columns and e != last},
+                     name=f"Spearman with epoch {last}")
+
+
 def _configs(df: pd.DataFrame) -> list:
     return sorted(df.key.tolist())
 

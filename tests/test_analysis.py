@@ -166,3 +166,34 @@ def test_wandb_shares_add_up():
                               bytes=[60, 30, 10]))
     s = track.wandb_shares(files)
     assert (s["images"], s["log"], round(s["other"], 10)) == (0.6, 0.3, 0.1)
+
+
+def test_trial_kind_keeps_warm_up_stops_apart():
+    import pandas as pd
+
+    from lib import analysis
+
+    df = pd.DataFrame(dict(status=["ok", "stopped", "stopped", "diverged", "ok"],
+                           epochs_run=[9, 1, 3, 1, 9], value=[0.7, 0.1, 0.12, 0.1, 0.15]))
+    assert list(analysis.trial_kind(df, warmup_epochs=1)) == [
+        "learned", analysis.WARMUP, "stuck", "diverged", "stuck"]
+    # without a warm-up every low trial counts as stuck (the old definition)
+    assert list(analysis.trial_kind(df))[1] == "stuck"
+
+
+def test_level_counts_and_supported_rankings():
+    import optuna
+    import pandas as pd
+
+    from lib import analysis
+
+    trials = [optuna.trial.create_trial(
+        params={"optimizer": o, "lr": 0.1},
+        distributions={"optimizer": optuna.distributions.CategoricalDistribution(["sgd", "adam"]),
+                       "lr": optuna.distributions.FloatDistribution(0.01, 1.0)},
+        value=0.5) for o in ("sgd", "sgd", "adam")]
+    c = analysis.level_counts(trials, ["optimizer", "lr"])
+    assert dict(zip(c.level, c.trials)) == {"adam": 1, "sgd": 2}  # floats are not levels
+    imp = pd.DataFrame(dict(method="fanova", param=["a", "b", "c"], importance=[0.6, 0.3, 0.1],
+                            lo=[0.5, 0.05, 0.0], hi=[0.7, 0.55, 0.2]))
+    assert analysis.supported_rankings(imp) == [("fanova", "a", "c")]

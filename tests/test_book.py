@@ -135,6 +135,9 @@ def test_trained_on_counts_each_kind_of_machine():
     assert trained_on([run(2), run(2)]) == "cpu (EPYC, 2 threads), torch 2.0"
     assert trained_on([run(2), run(1), run(1)]) == ("cpu (EPYC, 2 threads), torch 2.0: 1 run; "
                                                     "cpu (EPYC, 1 thread), torch 2.0: 2 runs")
+    keras = SimpleNamespace(summary=dict(device="cpu", device_name="EPYC", threads=2,
+                                         framework="keras", tensorflow="2.21", keras="3.15"))
+    assert trained_on([keras]) == "cpu (EPYC, 2 threads), TensorFlow 2.21, Keras 3.15"
     assert timing_note([run(2), run(2)]) == ""
     assert timing_note([run(2), run(1)]).startswith(
         " Minutes per run compare only between runs trained alike: cpu (EPYC, 2 threads)")

@@ -252,3 +252,17 @@ def test_retrain_summary_groups_scores_and_refuses_bad_rows():
     assert view.columns.tolist() == ["seeds", "min/run", "test acc", "test acc std"]
     assert view["min/run"].iloc[0] == pytest.approx(16.2)  # 973.8 s a run: 16.23 min
     assert view["test acc"].iloc[0] == pytest.approx(0.78)
+
+
+def test_pruning_audit_counts_the_good_configs_a_pruner_stopped():
+    import pandas as pd
+
+    full = pd.DataFrame(dict(number=range(5), key=list("abcde"), state=["COMPLETE"] * 5,
+                             value=[0.9, 0.8, 0.7, 0.6, 0.5]))
+    pruned = pd.DataFrame(dict(number=range(5), key=list("abcde"),
+                               state=["COMPLETE", "PRUNED", "COMPLETE", "PRUNED", "PRUNED"],
+                               value=[0.9, 0.3, 0.7, 0.2, 0.1]))
+    a = search.pruning_audit(pruned, full, k=3)
+    assert (a["k"], a["killed"], a["killed_trials"], a["best_kept"]) == (3, 1, [1], True)
+    b = search.pruning_audit(pruned.assign(state="PRUNED"), full, k=2)
+    assert (b["killed"], b["best_kept"]) == (2, False)
