@@ -66,6 +66,63 @@ def annotated_matrix(ax, m: np.ndarray, title: str, fmt: str = ".0f", cmap="Grey
         ax.add_patch(plt.Rectangle((c, r), w, h, fill=False, edgecolor="tab:red", lw=2.5))
 
 
+def padding_stride(n: int = 5, k: int = 3, cases=((0, 1), (1, 1), (1, 2))):
+    """Chapter 1: where a k x k kernel lands on an n x n input for each (padding,
+    stride) in ``cases``: the input in grey, its zero padding hatched, the first two
+    windows of the first row outlined, and the output size the formula gives."""
+    from matplotlib.patches import Rectangle
+
+    from .filters import output_size
+
+    fig, axes = plt.subplots(1, len(cases), figsize=(WIDTH, 2.9), layout="constrained")
+    for ax, (p, st) in zip(np.atleast_1d(axes), cases):
+        size = n + 2 * p
+        for i in range(size):
+            for j in range(size):
+                inside = p <= i < p + n and p <= j < p + n
+                ax.add_patch(Rectangle((j, size - 1 - i), 1, 1, fill=inside,
+                                       facecolor="0.85", edgecolor="0.5", lw=0.6,
+                                       hatch=None if inside else "///"))
+        for w, col in enumerate(("tab:red", "tab:blue")):
+            x0 = w * st
+            ax.add_patch(Rectangle((x0 + 0.06, size - k + 0.06), k - 0.12, k - 0.12,
+                                   fill=False, edgecolor=col, lw=2.2))
+        m = output_size(n, k, st, p)
+        ax.set_title(f"padding {p}, stride {st}: output {m} x {m}", fontsize=9)
+        ax.set_xlim(-0.2, size + 0.2)
+        ax.set_ylim(-0.2, size + 0.2)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    return fig
+
+
+def receptive_field_boxes(image: np.ndarray, rf: pd.DataFrame):
+    """Chapter 1: the part of a 32 x 32 image that one unit in the middle of each
+    pooling layer's output sees (its receptive field, from ``rf``: layer and
+    receptive_field), as nested squares; a square larger than the image is clipped."""
+    from matplotlib.patches import Rectangle
+
+    rows = rf[rf.layer.str.endswith("pool")]
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.6, 4.2), layout="constrained")
+    ax.imshow(image, extent=(0, 32, 32, 0))
+    colours = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
+    for col, r in zip(colours, rows.itertuples()):
+        f = r.receptive_field
+        lo, hi = max(0.3, 16 - f / 2), min(31.7, 16 + f / 2)  # clipped to the image
+        note = " (more than the image)" if f > 32 else ""
+        ax.add_patch(Rectangle((lo, lo), hi - lo, hi - lo, fill=False, edgecolor=col, lw=2.5,
+                               ls="--" if f > 32 else "-",
+                               label=f"one unit after {r.layer.split('.')[0]}: "
+                                     f"{f} x {f} px{note}"))
+    ax.plot([16], [16], marker="+", color="white", ms=10, mew=2)
+    ax.set_xlim(0, 32)
+    ax.set_ylim(32, 0)
+    ax.set_xticks([0, 8, 16, 24, 32])
+    ax.set_yticks([0, 8, 16, 24, 32])
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=1)
+    return fig
+
+
 def conv_worked_example(x: np.ndarray, k: np.ndarray, y: np.ndarray, at=(0, 0)):
     """Input, kernel and output of a tiny convolution, one window highlighted."""
     fig, axes = plt.subplots(1, 3, figsize=(WIDTH, 3.2),
@@ -501,6 +558,23 @@ def lr_by(df: pd.DataFrame, by: list[str], lr: str = "lr"):
         ax.set_title(f"by {col.removeprefix('model.')}", fontsize=9)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation accuracy")
+    return fig
+
+
+def incumbents(df: pd.DataFrame):
+    """TPE against random search (chapter 6): the best validation accuracy so far against
+    the number of trials, the mean over repeats as a line and the range from the worst
+    to the best repeat as a band, one colour per sampler."""
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.2), layout="constrained")
+    for (sampler, g), col in zip(df.groupby("sampler"), ("tab:blue", "tab:orange")):
+        w = g.pivot_table(index="index", columns="repeat", values="incumbent")
+        ax.plot(w.index, w.mean(axis=1), color=col,
+                label=f"{sampler} ({w.shape[1]} repeat{'s' * (w.shape[1] > 1)})")
+        ax.fill_between(w.index, w.min(axis=1), w.max(axis=1), color=col, alpha=0.2)
+    ax.set_xlabel("trials")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
     return fig
 
 

@@ -373,3 +373,44 @@ def sweep_order(budget: str = "cpu") -> list[str]:
     recipe = [n for n in names if n.startswith("recipe-") and n != "recipe-main"]
     first = [n for n in names if not n.startswith("recipe-")]
     return [*first, "fidelity", *recipe, "recipe-main"]
+
+
+# --------------------------------------------------------------------------
+# reading the search around the recipe back (chapter 6)
+# --------------------------------------------------------------------------
+def compare_frame(budget: str = "cpu", runs_dir=None) -> pd.DataFrame:
+    """TPE against random search: one row per trained trial of every cached repeat, in
+    the order it ran (``index`` 1, 2, ...), with its validation accuracy and the best so
+    far (the incumbent). Repeats not in the cache are left out."""
+    from . import search
+
+    rows = []
+    for name, spec in recipe_studies(budget).items():
+        if name == "recipe-main":
+            continue
+        try:
+            df = search.trained_frame(search.load_study(name, runs_dir))
+        except SearchError:
+            continue
+        df = df.sort_values("number").reset_index(drop=True)
+        best = df.value.fillna(-np.inf).cummax()
+        rows.append(pd.DataFrame(dict(sampler=spec.sampler, repeat=spec.seed,
+                                      index=np.arange(1, len(df) + 1), value=df.value,
+                                      incumbent=best.replace(-np.inf, np.nan))))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["sampler", "repeat", "index", "value", "incumbent"])
+
+
+#: What makes two configurations of the recipe's space different architectures.
+ARCHITECTURE = ("model.block_widths", "model.convs_per_block", "model.kernel_size")
+
+
+def top_distinct(study, k: int = 3, by=ARCHITECTURE) -> pd.DataFrame:
+    """The ``k`` best complete trials (by validation accuracy) with distinct
+    architectures: the first trial of each architecture in the ranking (chapter 6
+    re-trains these)."""
+    from .search import top_trials
+
+    ranked = top_trials(study, k=10**6)
+    cols = [c for c in by if c in ranked.columns]
+    return ranked.drop_duplicates(cols).head(k)

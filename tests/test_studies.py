@@ -155,3 +155,17 @@ def test_fidelity_study_and_main_study_guard_at_smoke(tmp_path, synth):
     assert len(df) == len(studies.fidelity_configs("smoke"))
     tab = studies.fidelity_table(df, "smoke")
     assert set(tab.fidelity) == {"tiny", "small"} and (tab.configs == 3).all()
+
+
+def test_compare_frame_and_top_distinct_at_smoke(tmp_path):
+    for name in ("recipe-tpe-0", "recipe-random-0"):
+        search.run_study(studies.recipe_studies("smoke")[name], runs_dir=tmp_path,
+                         synthetic=True, log=lambda *a: None)
+    df = studies.compare_frame("smoke", tmp_path)
+    assert set(df.sampler) == {"tpe", "random"} and set(df.repeat) == {0}
+    for _, g in df.groupby("sampler"):  # the incumbent never falls and starts at trial 1
+        assert list(g["index"]) == list(range(1, len(g) + 1))
+        assert (g.incumbent.diff().dropna() >= 0).all()
+    top = studies.top_distinct(search.load_study("recipe-tpe-0", tmp_path), k=2)
+    arch = top[[c for c in studies.ARCHITECTURE if c in top.columns]]
+    assert len(arch.drop_duplicates()) == len(top) <= 2
