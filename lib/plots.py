@@ -675,8 +675,8 @@ def wd_rms(runs_by_wd: dict, layers: list[str]):
     colours = plt.cm.coolwarm(np.linspace(0, 1, len(runs_by_wd)))
     for ax, layer in zip(axes[0], layers):
         for col, (wd, rs) in zip(colours, runs_by_wd.items()):
-            d = pd.concat([layer_rms(r.weights).query("layer == @layer")[["epoch", "rms"]]
-                           for r in rs])
+            d = pd.concat([w.loc[w.layer == layer, ["epoch", "rms"]]
+                           for w in (layer_rms(r.weights) for r in rs)])
             g = d.groupby("epoch").rms
             ax.plot(g.mean().index, g.mean(), color=col, label=f"weight decay {wd:g}")
             ax.fill_between(g.min().index, g.min(), g.max(), color=col, alpha=0.2)
