@@ -173,20 +173,6 @@ class Tracker:
             self.wb = None
             drop_outside_links(self.log_dir.parent / "wandb")
 
-
-def drop_outside_links(folder: Path) -> list[Path]:
-    """Remove symbolic links under ``folder`` that point outside it (W&B links its core
-    log from the user's cache, which no other machine has); return what was removed."""
-    root = Path(folder).resolve()
-    gone = []
-    for f in sorted(Path(folder).rglob("*")) if Path(folder).is_dir() else []:
-        if f.is_symlink():
-            target = (f.parent / Path(f.readlink())).resolve()
-            if root not in target.parents and target != root:
-                f.unlink()
-                gone.append(f)
-    return gone
-
     # -- W&B -------------------------------------------------------------
     def _wandb_epoch(self, epoch, scalars, model, fig) -> None:
         import wandb
@@ -203,6 +189,19 @@ def drop_outside_links(folder: Path) -> list[Path]:
             data["predictions"] = wandb.Image(fig)
         self.wb.log(data, step=epoch)
 
+
+def drop_outside_links(folder: Path) -> list[Path]:
+    """Remove symbolic links under ``folder`` that point outside it (W&B links its core
+    log from the user's cache, which no other machine has); return what was removed."""
+    root = Path(folder).resolve()
+    gone = []
+    for f in sorted(Path(folder).rglob("*")) if Path(folder).is_dir() else []:
+        if f.is_symlink():
+            target = (f.parent / Path(f.readlink())).resolve()
+            if root not in target.parents and target != root:
+                f.unlink()
+                gone.append(f)
+    return gone
 
 def _finite(t: torch.Tensor) -> np.ndarray:
     v = t.detach().float().cpu().flatten()
