@@ -1,14 +1,16 @@
 """A Sphinx extension for the book's HTML: each script once per page.
 
-Jupyter Book 1 lets sphinx-thebe add its configuration script twice (two passes of
-``env-before-read-docs``), and the second ``const THEBE_JS_URL`` is a JavaScript error on
-every page. This drops repeated scripts (same file, same attributes) from each page.
+Jupyter Book 1 lets sphinx-thebe (and sphinx-togglebutton) add their configuration
+scripts twice (once with no file name, once with an empty one), and the second
+``const THEBE_JS_URL`` is a JavaScript error on every page. This drops repeated scripts
+(same file, same attributes) from each page.
 """
 
 
 def _key(js):
     attrs = getattr(js, "attributes", {}) or {}
-    return (str(getattr(js, "filename", js)), tuple(sorted((k, str(v)) for k, v in attrs.items())))
+    name = getattr(js, "filename", js) or ""  # None and "" are both "inline"
+    return str(name), tuple(sorted((k, str(v)) for k, v in attrs.items()))
 
 
 def dedupe(app, pagename, templatename, context, doctree):
