@@ -86,22 +86,30 @@ def _choices(spec):
     return list(spec["choices"] if isinstance(spec, dict) and "choices" in spec else spec)
 
 
-def _leaves(space: dict, params: dict | None = None):
-    """(Optuna name, field name, leaf spec) of each parameter that applies; with
-    ``params`` (Optuna values so far) a conditional resolves to its case, without it
-    every case is listed."""
+def _optuna_name(name: str, spec, params: dict) -> str:
+    """The name Optuna knows ``name`` by: ``name|case`` for a conditional one, the case
+    being the value ``params`` holds for the parameter it depends on."""
+    if isinstance(spec, dict) and "given" in spec:
+        return f"{name}{SEP}{params.get(spec['given'])}"
+    return name
+
+
+def _walk(space: dict, pick) -> dict:
+    """Optuna's values of every parameter that applies, in space order (a conditional
+    one after the parameter it depends on): ``pick(optuna_name, leaf_spec)`` gives each."""
+    params: dict = {}
     for name, spec in space.items():
-        if isinstance(spec, dict) and "given" in spec:
-            cases = spec["cases"]
-            if params is None:
-                for case, leaf in cases.items():
-                    yield f"{name}{SEP}{case}", name, leaf
-            else:
-                case = params.get(spec["given"])
-                if case in cases:
-                    yield f"{name}{SEP}{case}", name, cases[case]
-        else:
-            yield name, name, spec
+        oname = _optuna_name(name, spec, params)
+        leaf = spec["cases"][params[spec["given"]]] if oname != name else spec
+        params[oname] = pick(oname, leaf)
+    return params
+
+
+def _depth_follows_widths(over: dict, depth_given: bool) -> dict:
+    """``model.depth`` set to the number of ``model.block_widths`` unless given."""
+    if "model.block_widths" in over and not depth_given:
+        over["model.depth"] = len(over["model.block_widths"])
+    return over
 
 
 def decode(space: dict, params: dict) -> dict:
@@ -112,12 +120,11 @@ def decode(space: dict, params: dict) -> dict:
     for name, spec in space.items():
         if isinstance(spec, dict) and "implies" in spec and params.get(name) in spec["implies"]:
             out.update(spec["implies"][params[name]])
-    for oname, field_name, _ in _leaves(space, params):
+    for name, spec in space.items():
+        oname = _optuna_name(name, spec, params)
         if oname in params:
-            out[field_name] = decode_value(field_name, params[oname])
-    if "model.block_widths" in out and "model.depth" not in space:
-        out["model.depth"] = len(out["model.block_widths"])
-    return out
+            out[name] = decode_value(name, params[oname])
+    return _depth_follows_widths(out, "model.depth" in space)
 
 
 def encode(space: dict, overrides: dict) -> dict:
@@ -203,8 +210,7 @@ def _check_leaf(oname: str, name: str, spec, base: Config, context: dict) -> Non
                           f"not {spec!r}")
     for v in values:
         over = {k: decode_value(k, x) for k, x in {**context, name: v}.items()}
-        if "model.block_widths" in over and "model.depth" not in over:
-            over["model.depth"] = len(over["model.block_widths"])
+        _depth_follows_widths(over, "model.depth" in over)
         try:
             make_config(base, **over)
         except (ConfigError, TypeError, ValueError) as e:
@@ -226,15 +232,7 @@ def suggest(trial, name: str, spec):
 def suggest_all(trial, space: dict) -> dict:
     """Optuna's values of every parameter that applies to this trial, in space order
     (a conditional one after the parameter it depends on)."""
-    params: dict = {}
-    for name, spec in space.items():
-        if isinstance(spec, dict) and "given" in spec:
-            case = params[spec["given"]]
-            params[f"{name}{SEP}{case}"] = suggest(trial, f"{name}{SEP}{case}",
-                                                   spec["cases"][case])
-        else:
-            params[name] = suggest(trial, name, spec)
-    return params
+    return _walk(space, lambda oname, leaf: suggest(trial, oname, leaf))
 
 
 def is_conditional(space: dict) -> bool:
@@ -439,14 +437,7 @@ def sample_params(space: dict, rng) -> dict:
             else rng.uniform(lo, hi)
         return int(round(v)) if isinstance(lo, int) and isinstance(hi, int) else v
 
-    out = {}
-    for name, s in space.items():
-        if isinstance(s, dict) and "given" in s:
-            case = out[s["given"]]
-            out[f"{name}{SEP}{case}"] = draw(s["cases"][case])
-        else:
-            out[name] = draw(s)
-    return out
+    return _walk(space, lambda oname, leaf: draw(leaf))
 
 
 def create_study(spec: StudySpec, storage, worker: int = 0):
