@@ -145,6 +145,13 @@ def ch03_mlp_tuned_configs(budget: str, lr: float, augment: bool) -> list[Config
     return [make_config(c, lr=lr, augment=augment) for c in ch03_configs(budget)["mlp"]]
 
 
+def ch03_mlp_choice(scored) -> tuple[float, bool]:
+    """The (lr, augment) of the best validation accuracy among ``scored``, pairs of a
+    :func:`ch03_mlp_tuning_configs` config and its accuracy (the first best on a tie)."""
+    c, _ = max(scored, key=lambda ca: ca[1])
+    return float(c.lr), bool(c.augment)
+
+
 def ch03_mlp_fair_chance(data: Dataset, budget: str, runs_dir=None, device="auto",
                          train: bool = True):
     """Chapter 3's MLP search: (table of the validation accuracy per learning rate and
@@ -154,14 +161,14 @@ def ch03_mlp_fair_chance(data: Dataset, budget: str, runs_dir=None, device="auto
 
     from . import runs as R
 
-    rows = []
+    rows, scored = [], []
     for c in ch03_mlp_tuning_configs(budget):
         r = R.get(c, data, "ch03", runs_dir, device=device, train=train)
         rows.append(dict(lr=c.lr, augment=c.augment, val_acc=r.summary["val_acc"],
                          train_acc=r.summary["train_acc"], key=r.key))
+        scored.append((c, r.summary["val_acc"]))
     table = pd.DataFrame(rows)
-    best = table.loc[table.val_acc.idxmax()]
-    choice = (float(best.lr), bool(best.augment))
+    choice = ch03_mlp_choice(scored)
     tuned = [R.get(c, data, "ch03", runs_dir, device=device, train=train)
              for c in ch03_mlp_tuned_configs(budget, *choice)]
     return table, choice, tuned

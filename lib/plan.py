@@ -135,18 +135,17 @@ def items(budget: str, fingerprint: str, runs_dir=None, device: str = "cpu",
 
 def _mlp_choice(budget: str, fingerprint: str, root: Path) -> tuple[float, bool]:
     """Chapter 3's choice of the MLP's learning rate and augmentation from its cached
-    validation runs; before they exist, the CNN's (an estimate of the same cost)."""
+    validation runs (:func:`lib.book.ch03_mlp_choice`); before they all exist, the CNN's
+    (an estimate of the same cost)."""
     from . import book
 
-    best, choice = -1.0, (book.ch03_configs(budget)["mlp"][0].lr, True)
+    scored = []
     for c in book.ch03_mlp_tuning_configs(budget):
-        p = root / "ch03" / run_key(c, fingerprint)
-        if not (p / "summary.json").is_file():
+        p = root / "ch03" / run_key(c, fingerprint) / "summary.json"
+        if not p.is_file():
             return book.ch03_configs(budget)["mlp"][0].lr, True
-        acc = json.loads((p / "summary.json").read_text())["val_acc"]
-        if acc > best:
-            best, choice = acc, (c.lr, c.augment)
-    return choice
+        scored.append((c, json.loads(p.read_text())["val_acc"]))
+    return book.ch03_mlp_choice(scored)
 
 
 def _study_item(spec, fp, runs_dir, cost, device) -> Item:
