@@ -20,7 +20,7 @@ import multiprocessing as mp
 import os
 import socket
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -495,8 +495,12 @@ def trial_config(spec: StudySpec, params: dict) -> Config:
     return make_config(spec.base, **decode(spec.space, params))
 
 
-def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progress=None):
-    """config -> validation accuracy, as a function of an Optuna trial (chapter 6)."""
+def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progress=None,
+              threads: int = 0):
+    """config -> validation accuracy, as a function of an Optuna trial (chapter 6).
+
+    ``threads`` > 0 (a CPU worker beside others) pins each trial's thread count, which
+    its key then covers: a CPU run's numbers depend on it."""
     import optuna
 
     group = f"search/{spec.name}"
@@ -510,6 +514,8 @@ def objective(spec: StudySpec, ds: Dataset, runs_dir=None, device="auto", progre
             trial.set_user_attr("epochs_run", 0)
             raise optuna.TrialPruned()
         c = trial_config(spec, suggest_all(trial, spec.space))
+        if threads:
+            c = replace(c, threads=threads)
         cost = macs(c.model)
         trial.set_user_attr("macs", cost)
         if spec.max_macs and cost > spec.max_macs:
@@ -627,8 +633,11 @@ def _worker(spec: StudySpec, storage_url: str, data_dir, runs_dir, device, threa
 
     if child:
         die_with_parent()
-    if threads:
-        torch.set_num_threads(threads)
+    from .train import resolve_device
+
+    cpu_threads = threads if threads and resolve_device(device).type == "cpu" else 0
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
     if ds is None:
         ds = synth(512, 256) if synthetic else load_cifar10(data_dir)
     study = create_study(spec, open_storage(storage_url), worker)
@@ -647,7 +656,8 @@ def _worker(spec: StudySpec, storage_url: str, data_dir, runs_dir, device, threa
                               "duplicates or over the compute cap; widen the space or "
                               "raise the cap")
         before = n_trained(study)
-        study.optimize(objective(spec, ds, runs_dir, device, progress), n_trials=1,
+        study.optimize(objective(spec, ds, runs_dir, device, progress, cpu_threads),
+                       n_trials=1,
                        callbacks=[enough], gc_after_trial=True)
         idle = 0 if n_trained(study) > before else idle + 1
 

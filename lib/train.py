@@ -74,6 +74,10 @@ class Config:
     tta: int = 0                  # test-time augmentation of the final evaluation:
     #                               0 none, 1 mirror, 2 mirror + translate (lib.fast)
     final_test: bool = False      # with holdout: also score the final model on the test set
+    threads: int = 0              # CPU threads while training; 0: torch's default (all
+    # cores), left out of the key. A CPU run is bit-identical at one thread count, not
+    # across counts (summation order; measured about as large as seed to seed): N > 0
+    # pins the count and puts it in the key (the search's CPU workers do)
     #                               (selection on validation, confirmation on test)
 
     def __post_init__(self):
@@ -141,6 +145,8 @@ def check_config(c: Config) -> None:
         bad("tta", c.tta, f"{sorted(TTA_LEVELS)} ({', '.join(TTA_LEVELS.values())})")
     if c.model.kind == "mlp" and c.tta:
         bad("tta", c.tta, "0 for an MLP")
+    if c.threads < 0:
+        bad("threads", c.threads, "0 (torch's default) or >= 1")
     if c.final_test and not c.holdout:
         bad("final_test", c.final_test, "False unless holdout > 0 (without it the "
             "evaluation split is the test set already)")
@@ -215,6 +221,7 @@ ADDED_DEFAULTS = {
     "model.head_scale": 1.0, "parametrisation": "coupled", "bias_lr_scale": 1.0,
     "whiten_bias_epochs": None, "lookahead_every": 0, "lookahead_decay": 0.95**5,
     "translate": 4, "pad_mode": "zeros", "flip": "random", "tta": 0, "final_test": False,
+    "threads": 0,
 }
 KEY_NEUTRAL_DEFAULTS = {"holdout": 0, "model.early_pool": False, **ADDED_DEFAULTS}
 
@@ -542,6 +549,13 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
     loss stops training and is recorded as ``status="diverged"``, not raised.
     """
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    if c.threads and dev.type == "cpu" and torch.get_num_threads() != c.threads:
+        before = torch.get_num_threads()
+        torch.set_num_threads(c.threads)
+        try:
+            return fit(c, ds, dev, tracker, callbacks, progress)
+        finally:
+            torch.set_num_threads(before)
     amp_dtype = resolve_precision(c.precision, dev)
     torch.manual_seed(c.seed)
     gen = torch.Generator().manual_seed(c.seed)

@@ -174,6 +174,12 @@ def test_two_workers_train_exactly_n_trials(tmp_path):
     assert out["trained"] == 5
     study = search.load_study("w", tmp_path)
     assert search.n_trained(study) == 5
+    # each CPU worker pins its share of the cores, and its trials' keys cover it
+    share = max(1, (os.cpu_count() or 1) // 2)
+    from lib.runs import list_runs
+    trained = list_runs("search/w", tmp_path)
+    assert len(trained) == 5
+    assert {(r.config.threads, r.summary["threads"]) for r in trained} == {(share, share)}
 
 
 def _open(url, q):

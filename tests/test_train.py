@@ -121,6 +121,19 @@ def test_new_fields_at_their_defaults_keep_old_run_keys():
         runs.run_key(base, "f")
 
 
+def test_a_pinned_thread_count_is_in_the_key_and_restored_after(synth, tiny_config):
+    from lib import runs
+
+    base = train.make_config()
+    assert runs.run_key(train.make_config(base, threads=0), "f") == runs.run_key(base, "f")
+    assert runs.run_key(train.make_config(base, threads=1), "f") != runs.run_key(base, "f")
+    with pytest.raises(ConfigError, match="threads"):
+        train.make_config(base, threads=-1)
+    before = torch.get_num_threads()
+    res = train.fit(train.make_config(tiny_config, epochs=1, threads=1), synth, "cpu")
+    assert res.summary["threads"] == 1 and torch.get_num_threads() == before
+
+
 def test_probe_is_class_balanced_even_on_a_sorted_split():
     y = np.repeat(np.arange(10), 30)  # sorted by class, as the offline copy's test set
     idx = train.probe_indices(y, 40)
