@@ -130,6 +130,21 @@ def test_every_page(site, browser):
                 .map(i => i.getAttribute('src'))""")
             assert bare == [], (rel, bare[:5])
             page.screenshot(path=str(SHOTS / (Path(rel).stem + ".png")))
+            # the same with every toggle open (hidden code, exercise solutions): tables
+            # and printed output still fit their column
+            page.evaluate("document.querySelectorAll('main details')"
+                          ".forEach(d => d.open = true)")
+            for button in page.locator("main button.toggle-button").all():
+                button.click()
+            page.wait_for_timeout(300)
+            wide = page.evaluate("""Array.from(document.querySelectorAll(
+                    'main table, main .cell_output pre'))
+                .filter(t => t.offsetParent !== null)
+                .filter(t => t.scrollWidth > t.clientWidth + 2 ||
+                             t.getBoundingClientRect().width >
+                             document.querySelector('main').getBoundingClientRect().width + 1)
+                .map(t => t.innerText.slice(0, 60))""")
+            assert wide == [], (rel, "with toggles open", wide)
         finally:
             page.close()
 
