@@ -471,12 +471,50 @@ def cmd_screenshots(a) -> None:
     from .data import load_cifar10, synthetic
 
     screens.chromium()  # fail first, with the install hint, if it is missing
+    if a.study:
+        for p in sweep_screenshots(a.study, a.budget, a.runs_dir, a.out):
+            print(p)
+        return
     ds = synthetic(600, 300) if a.budget == "smoke" else load_cifar10(a.data_dir)
     run = runs.get(book.ch04_config(a.budget), ds, "ch04", a.runs_dir, device=a.device,
                    train=a.train, track=book.ch04_track())
-    out = Path(a.out)
+    out = Path(a.out or REPO_ROOT / "book" / "images" / "ch04")
     for p in screens.take(run, out):
         print(p)
+
+
+def sweep_screenshots(name: str, budget: str, runs_dir=None, out=None) -> list[Path]:
+    """A study in TensorBoard's HParams dashboard (table, parallel coordinates) and in
+    W&B LEET's workspace (all trials' validation accuracy), photographed into
+    ``out`` (default book/images/ch06/): the trials are replayed from the cache into
+    ``_build/sweep-logs/`` (not committed; rebuilt each time), nothing is trained."""
+    from . import screens, studies, sweeplog, track
+
+    specs = studies.studies(budget)
+    if name not in specs:
+        raise UserError(f"unknown study {name!r}; known: {', '.join(specs)}")
+    spec = specs[name]
+    out = Path(out) if out else REPO_ROOT / "book" / "images" / "ch06"
+    out.mkdir(parents=True, exist_ok=True)
+    wb = track.wandb_available()
+    logs = sweeplog.log_study(spec, REPO_ROOT / "_build" / "sweep-logs", runs_dir,
+                              wandb=wb)
+    names = [n.removeprefix("model.") for n in spec.space]
+    table = {n for n in names if n in SWEEP_TABLE_COLUMNS} or set(names[:5])
+    axes = {n for n in names if n not in SWEEP_AXES_LEFT_OUT}
+    shots = screens.tensorboard_sweep(logs, out, axes, table, prefix=f"tb_{name}")
+    if wb:
+        shots.append(screens.wandb_sweep(logs / "wandb", out, name=f"wandb_{name}"))
+    return shots
+
+
+#: The HParams table keeps these of a study's hyperparameters: few enough that the
+#: metric's column fits the picture.
+SWEEP_TABLE_COLUMNS = {"lr", "batch_size", "kernel_size", "depth", "optimizer",
+                       "widths", "lr|sgd", "lr|adamw"}
+#: The parallel coordinates leave out these (the figure's caption says so): with every
+#: searched hyperparameter the axes are too close to read at the page's width.
+SWEEP_AXES_LEFT_OUT = {"early_pool", "growth", "convs_per_block"}
 
 
 def cmd_bench(a) -> None:
@@ -592,10 +630,15 @@ def parser() -> argparse.ArgumentParser:
                    help="with --retrain: the first N seeds instead of the budget's")
     q.set_defaults(func=cmd_sweep)
     q = sub.add_parser("screenshots",
-                       help="photograph TensorBoard and W&B LEET for chapter 4's run")
+                       help="photograph TensorBoard and W&B LEET for chapter 4's run "
+                            "(or, with --study, for a study's trials)")
     common(q)
-    q.add_argument("--out", default=str(REPO_ROOT / "book" / "images" / "ch04"),
-                   help="where the PNG files go (default book/images/ch04)")
+    q.add_argument("--out", default=None,
+                   help="where the PNG files go (default book/images/ch04, or "
+                        "book/images/ch06 with --study)")
+    q.add_argument("--study", default=None,
+                   help="photograph this study's trials (HParams table and parallel "
+                        "coordinates, W&B LEET workspace) instead of chapter 4's run")
     q.add_argument("--train", action="store_true",
                    help="train chapter 4's run first if it is not cached")
     q.set_defaults(func=cmd_screenshots)

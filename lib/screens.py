@@ -10,6 +10,7 @@ same way. Nothing leaves the machine.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,26 @@ TB_PAGES = {"tb_scalars": "scalars&tagFilter=%5E(loss%7Caccuracy)%2F",
 #: The HParams table keeps these hyperparameters next to the final metrics.
 HPARAMS_SHOWN = {"lr", "batch_size", "weight_decay"}
 _HPARAMS_STATUS = {"Unknown", "Success", "Failure", "Running"}
+
+
+#: W&B LEET's configuration for the sweep picture (wandb 0.31's whole settings file: a
+#: partial one is not merged with the defaults): one chart, runs list, no side panels.
+LEET_SWEEP_CONFIG = {
+    "startup_mode": "workspace_latest", "chart_guides": "off",
+    "metrics_grid": {"rows": 4, "cols": 3}, "system_grid": {"rows": 6, "cols": 2},
+    "media_grid": {"rows": 1, "cols": 2}, "workspace_metrics_grid": {"rows": 1, "cols": 1},
+    "workspace_system_grid": {"rows": 3, "cols": 3},
+    "workspace_media_grid": {"rows": 1, "cols": 2}, "symon_grid": {"rows": 2, "cols": 3},
+    "symon_sidebar_visible": True, "color_scheme": "wandb-vibe-10",
+    "tag_color_scheme": "wandb-vibe-10", "per_plot_color_scheme": "sunset-glow",
+    "system_color_scheme": "wandb-vibe-10", "french_fries_color_scheme": "viridis",
+    "system_color_mode": "per_series", "system_tail_window_minutes": 10,
+    "single_run_color_mode": "per_series", "heartbeat_interval_seconds": 15,
+    "left_sidebar_visible": True, "right_sidebar_visible": False,
+    "metrics_grid_visible": True, "console_logs_visible": False, "media_visible": False,
+    "workspace_overview_visible": False, "workspace_metrics_grid_visible": True,
+    "workspace_system_metrics_visible": False, "workspace_console_logs_visible": False,
+    "workspace_media_visible": False}
 
 
 class ScreenshotError(RuntimeError):
@@ -137,8 +158,16 @@ def tensorboard(log_dir: Path, out: Path, width: int = 1600, height: int = 1000)
     return shots
 
 
-def wandb_leet(run_dir: Path, out: Path, cols: int = 150, rows: int = 42) -> Path:
-    """A screenshot of W&B LEET (the local terminal UI) showing an offline run."""
+def _leet_png(target: list[str], out: Path, name: str, cols: int, rows: int,
+              env: dict | None = None, keys: tuple[tuple[str, str], ...] = (),
+              ready: str | None = None) -> Path:
+    """Run ``wandb leet <target>`` in a detached tmux session of ``cols`` x ``rows``,
+    wait until its screen shows ``ready`` (or 10 s), press each of ``keys`` ((tmux key
+    name, text the key should remove from the screen) pairs), capture the screen, render
+    it to HTML and photograph it as ``out/<name>.png``. The status line, which names the
+    local folder, is left out."""
+    import os
+
     from playwright.sync_api import sync_playwright
     from rich.console import Console
     from rich.terminal_theme import MONOKAI
@@ -152,28 +181,180 @@ def wandb_leet(run_dir: Path, out: Path, cols: int = 150, rows: int = 42) -> Pat
         raise ScreenshotError("wandb is not installed (`pip install wandb`); the W&B "
                               "screenshot needs its LEET terminal UI")
     session = f"leet{_free_port()}"
+    prefix = " ".join(f"{k}={v}" for k, v in (env or {}).items())
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y",
-                    str(rows), f"TERM=xterm-256color {wandb} leet run {run_dir}"], check=True)
+                    str(rows), f"{prefix} TERM=xterm-256color {wandb} leet "
+                    + " ".join(map(str, target))], check=True, env=os.environ)
+    def capture():
+        return subprocess.run(["tmux", "capture-pane", "-t", session, "-p", "-e"],
+                              capture_output=True, text=True, check=True).stdout
+
     try:
-        time.sleep(8)
-        screen = subprocess.run(["tmux", "capture-pane", "-t", session, "-p", "-e"],
-                                capture_output=True, text=True, check=True).stdout
+        time.sleep(10)
+        deadline = time.time() + 60
+        while ready and ready not in capture():
+            if time.time() > deadline:
+                raise ScreenshotError(f"W&B LEET did not show {ready!r} within 70 s")
+            time.sleep(2)
+        time.sleep(2)
+        for key, gone in keys:  # press until ``gone`` has left the screen (3 tries)
+            for _ in range(3):
+                subprocess.run(["tmux", "send-keys", "-t", session, key], check=True)
+                time.sleep(4)  # the whole screen redrawn
+                if gone not in capture():
+                    break
+            else:
+                raise ScreenshotError(f"W&B LEET still shows {gone!r} after {key!r}")
+        if keys:  # a resize makes the interface redraw the whole screen
+            for c in (cols - 1, cols):
+                subprocess.run(["tmux", "resize-window", "-t", session, "-x", str(c)],
+                               check=True)
+                time.sleep(3)
+        screen = capture()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     console = Console(record=True, width=cols, force_terminal=True, color_system="truecolor",
-                      file=open("/dev/null", "w"))
+                      file=open(os.devnull, "w"))
+    screen = "\n".join(ln for ln in screen.splitlines() if "wandb dir:" not in ln)
     console.print(Text.from_ansi(screen))
-    html = out / "wandb_leet.html"
-    html.write_text(console.export_html(inline_styles=True, theme=MONOKAI))
-    png = out / "wandb_leet.png"
+    html = out / f"{name}.html"
+    # every braille chart dot held to one cell: in the browser's fallback font they are
+    # wider and would push the rest of their line sideways
+    page_html = console.export_html(inline_styles=True, theme=MONOKAI)
+    page_html = re.sub("([\u2800-\u28ff])", r'<span class="cell">\1</span>', page_html)
+    html.write_text(page_html.replace("<head>", "<head><style>.cell { display: "
+                                      "inline-block; width: 1ch; overflow: hidden; "
+                                      "vertical-align: bottom; }</style>", 1))
+    png = out / f"{name}.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page = browser.new_page(viewport={"width": 1900, "height": 1000})
         page.goto(html.resolve().as_uri())
         page.locator("pre").first.screenshot(path=str(png))
         browser.close()
     html.unlink()
     return png
+
+
+def wandb_leet(run_dir: Path, out: Path, cols: int = 150, rows: int = 42) -> Path:
+    """A screenshot of W&B LEET (the local terminal UI) showing an offline run."""
+    return _leet_png(["run", run_dir], out, "wandb_leet", cols, rows)
+
+
+def wandb_sweep(wandb_dir: Path, out: Path, metric: str = "accuracy/val",
+                name: str = "wandb_sweep", cols: int = 150, rows: int = 40) -> Path:
+    """W&B LEET's workspace over a folder of offline runs (a study's trials, written by
+    :func:`lib.sweeplog.log_study`): every run selected and ``metric`` of all of them
+    overlaid in one chart. The selection and the metric filter are LEET's own workspace
+    state file in the folder; its layout comes from a private configuration (one chart,
+    no overview sidebar), so the user's own LEET settings are neither used nor changed."""
+    import json
+    import tempfile
+
+    wandb_dir = Path(wandb_dir)
+    offline = sorted(p.name for p in wandb_dir.glob("offline-run-*") if p.is_dir())
+    if not offline:
+        raise ScreenshotError(f"no W&B offline run in {wandb_dir}")
+    (wandb_dir / ".wandb-leet.json").write_text(json.dumps(
+        {"metrics_filter": {"query": f"^{metric}$"}, "selected_runs": offline}))
+    with tempfile.TemporaryDirectory() as cfg:
+        (Path(cfg) / "wandb").mkdir()
+        (Path(cfg) / "wandb" / "wandb-leet.json").write_text(json.dumps(LEET_SWEEP_CONFIG))
+        # "]" hides the run overview (the workspace keeps it open at start)
+        return _leet_png([wandb_dir], out, name, cols, rows,
+                         env={"XDG_CONFIG_HOME": cfg}, keys=(("]", "Run Overview"),),
+                         ready=f"of {len(offline)}]")
+
+
+#: The HParams views of a sweep: the searched hyperparameters (short names, as
+#: :func:`lib.sweeplog.trial_hparams` writes them) and one metric; axes on a log scale.
+SWEEP_METRIC = "final/val_acc"
+SWEEP_LOG_AXES = ("lr", "weight_decay")
+
+
+def _choose(page, label: str, item: str) -> None:
+    """Pick ``item`` in the HParams query pane's drop-down menu labelled ``label``."""
+    page.locator(f'paper-dropdown-menu[label="{label}"]').first.click()
+    time.sleep(1)
+    items = page.locator("paper-item", has_text=item)
+    for i in range(items.count()):
+        if items.nth(i).is_visible():
+            items.nth(i).click()
+            time.sleep(1)
+            return
+    raise ScreenshotError(f"TensorBoard's HParams pane has no {item!r} under {label!r}")
+
+
+def tensorboard_sweep(log_dir: Path, out: Path, shown: set[str], table_shown: set[str],
+                      prefix: str = "tb_sweep", width: int = 1800,
+                      height: int = 900) -> list[Path]:
+    """TensorBoard's HParams dashboard over a study's trials (one run per trial, written by
+    :func:`lib.sweeplog.log_study`): the table view with the hyperparameters
+    ``table_shown``, sorted by ``SWEEP_METRIC`` (best first), and the parallel-coordinates
+    view of the hyperparameters ``shown``, coloured by it."""
+    from playwright.sync_api import sync_playwright
+
+    exe = chromium()
+    port = _free_port()
+    tb = Path(sys.executable).with_name("tensorboard")
+    cmd = [str(tb) if tb.exists() else "tensorboard", "--logdir", str(log_dir),
+           "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shots = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_FLAGS)
+            # wide enough that the table's metric column and every axis fit; each
+            # picture is cropped to its view
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(f"{url}/#hparams")
+            page.wait_for_load_state("networkidle")
+            time.sleep(6)
+            boxes = page.locator("tf-hparams-query-pane paper-checkbox")
+            names = [boxes.nth(i).text_content().strip() for i in range(boxes.count())]
+
+            def show(which):
+                for n in names:
+                    if n and n not in _HPARAMS_STATUS:
+                        _set_checkbox(boxes, n, n in which or n == SWEEP_METRIC)
+                time.sleep(2)
+
+            show(table_shown)
+            # table: best first (the query pane's own sorting controls)
+            _choose(page, "Sort by", SWEEP_METRIC)
+            _choose(page, "Direction", "Descending")
+            time.sleep(3)
+            shots.append(out / f"{prefix}_table.png")
+            box = page.locator("tf-hparams-table-view").first.bounding_box()
+            page.screenshot(path=str(shots[-1]), clip=dict(
+                x=box["x"], y=box["y"], width=box["width"],
+                height=min(box["height"], height - box["y"])))
+            show(shown)
+            tabs = page.locator("paper-tab")
+            for i in range(tabs.count()):
+                if "PARALLEL" in tabs.nth(i).text_content().upper():
+                    tabs.nth(i).click()
+            time.sleep(4)
+            for axis in SWEEP_LOG_AXES:  # the scale chooser of each axis
+                box = page.locator("div.column").filter(
+                    has=page.locator("div.column-title", has_text=axis))
+                if box.count():
+                    box.first.get_by_text("Logarithmic").click()
+                    time.sleep(1)
+            time.sleep(2)
+            shots.append(out / f"{prefix}_parallel.png")
+            top = page.locator("tf-hparams-scale-and-color-controls").first.bounding_box()
+            plot = page.locator("tf-hparams-parallel-coords-plot").first.bounding_box()
+            page.screenshot(path=str(shots[-1]), clip=dict(
+                x=top["x"], y=top["y"], width=max(top["width"], plot["width"]),
+                height=plot["y"] + plot["height"] - top["y"]))
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return shots
 
 
 def take(run, out: Path) -> list[Path]:
