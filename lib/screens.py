@@ -10,6 +10,7 @@ same way. Nothing leaves the machine.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
@@ -118,8 +119,10 @@ def _prepare(page, frag: str) -> None:
                 time.sleep(3)
 
 
-def tensorboard(log_dir: Path, out: Path, width: int = 1600, height: int = 1000) -> list[Path]:
-    """Screenshots of TensorBoard's dashboards for the event files in ``log_dir``."""
+@contextlib.contextmanager
+def _tensorboard_page(log_dir: Path, width: int, height: int):
+    """TensorBoard serving ``log_dir`` on 127.0.0.1 and a headless Chromium page of
+    ``width`` x ``height``: yields (browser, page, url); both stop on leaving."""
     from playwright.sync_api import sync_playwright
 
     exe = chromium()
@@ -128,33 +131,41 @@ def tensorboard(log_dir: Path, out: Path, width: int = 1600, height: int = 1000)
     cmd = [str(tb) if tb.exists() else "tensorboard", "--logdir", str(log_dir),
            "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shots = []
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_http(url, proc)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": width, "height": height})
-            for name, frag in TB_PAGES.items():
-                page.goto(f"{url}/#{frag}")
-                page.wait_for_load_state("networkidle")
-                time.sleep(4)  # charts draw after the data arrives
-                _prepare(page, frag)
-                shots.append(out / f"{name}.png")
-                if frag == "images":  # one card, at twice the resolution: legible labels
-                    zoom = browser.new_page(viewport={"width": width, "height": height},
-                                            device_scale_factor=2)
-                    zoom.goto(f"{url}/#{frag}")
-                    zoom.wait_for_load_state("networkidle")
-                    time.sleep(4)
-                    zoom.locator("tf-image-loader").first.screenshot(path=str(shots[-1]))
-                    zoom.close()
-                else:
-                    page.screenshot(path=str(shots[-1]))
-            browser.close()
+            try:
+                yield browser, browser.new_page(viewport={"width": width,
+                                                          "height": height}), url
+            finally:
+                browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def tensorboard(log_dir: Path, out: Path, width: int = 1600, height: int = 1000) -> list[Path]:
+    """Screenshots of TensorBoard's dashboards for the event files in ``log_dir``."""
+    shots = []
+    with _tensorboard_page(log_dir, width, height) as (browser, page, url):
+        for name, frag in TB_PAGES.items():
+            page.goto(f"{url}/#{frag}")
+            page.wait_for_load_state("networkidle")
+            time.sleep(4)  # charts draw after the data arrives
+            _prepare(page, frag)
+            shots.append(out / f"{name}.png")
+            if frag == "images":  # one card, at twice the resolution: legible labels
+                zoom = browser.new_page(viewport={"width": width, "height": height},
+                                        device_scale_factor=2)
+                zoom.goto(f"{url}/#{frag}")
+                zoom.wait_for_load_state("networkidle")
+                time.sleep(4)
+                zoom.locator("tf-image-loader").first.screenshot(path=str(shots[-1]))
+                zoom.close()
+            else:
+                page.screenshot(path=str(shots[-1]))
     return shots
 
 
@@ -292,68 +303,51 @@ def tensorboard_sweep(log_dir: Path, out: Path, shown: set[str], table_shown: se
     :func:`lib.sweeplog.log_study`): the table view with the hyperparameters
     ``table_shown``, sorted by ``SWEEP_METRIC`` (best first), and the parallel-coordinates
     view of the hyperparameters ``shown``, coloured by it."""
-    from playwright.sync_api import sync_playwright
-
-    exe = chromium()
-    port = _free_port()
-    tb = Path(sys.executable).with_name("tensorboard")
-    cmd = [str(tb) if tb.exists() else "tensorboard", "--logdir", str(log_dir),
-           "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shots = []
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(url, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_FLAGS)
-            # wide enough that the table's metric column and every axis fit; each
-            # picture is cropped to its view
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(f"{url}/#hparams")
-            page.wait_for_load_state("networkidle")
-            time.sleep(6)
-            boxes = page.locator("tf-hparams-query-pane paper-checkbox")
-            names = [boxes.nth(i).text_content().strip() for i in range(boxes.count())]
+    # wide enough that the table's metric column and every axis fit; each picture is
+    # cropped to its view
+    with _tensorboard_page(log_dir, width, height) as (_browser, page, url):
+        page.goto(f"{url}/#hparams")
+        page.wait_for_load_state("networkidle")
+        time.sleep(6)
+        boxes = page.locator("tf-hparams-query-pane paper-checkbox")
+        names = [boxes.nth(i).text_content().strip() for i in range(boxes.count())]
 
-            def show(which):
-                for n in names:
-                    if n and n not in _HPARAMS_STATUS:
-                        _set_checkbox(boxes, n, n in which or n == SWEEP_METRIC)
-                time.sleep(2)
-
-            show(table_shown)
-            # table: best first (the query pane's own sorting controls)
-            _choose(page, "Sort by", SWEEP_METRIC)
-            _choose(page, "Direction", "Descending")
-            time.sleep(3)
-            shots.append(out / f"{prefix}_table.png")
-            box = page.locator("tf-hparams-table-view").first.bounding_box()
-            page.screenshot(path=str(shots[-1]), clip=dict(
-                x=box["x"], y=box["y"], width=box["width"],
-                height=min(box["height"], height - box["y"])))
-            show(shown)
-            tabs = page.locator("paper-tab")
-            for i in range(tabs.count()):
-                if "PARALLEL" in tabs.nth(i).text_content().upper():
-                    tabs.nth(i).click()
-            time.sleep(4)
-            for axis in SWEEP_LOG_AXES:  # the scale chooser of each axis
-                box = page.locator("div.column").filter(
-                    has=page.locator("div.column-title", has_text=axis))
-                if box.count():
-                    box.first.get_by_text("Logarithmic").click()
-                    time.sleep(1)
+        def show(which):
+            for n in names:
+                if n and n not in _HPARAMS_STATUS:
+                    _set_checkbox(boxes, n, n in which or n == SWEEP_METRIC)
             time.sleep(2)
-            shots.append(out / f"{prefix}_parallel.png")
-            top = page.locator("tf-hparams-scale-and-color-controls").first.bounding_box()
-            plot = page.locator("tf-hparams-parallel-coords-plot").first.bounding_box()
-            page.screenshot(path=str(shots[-1]), clip=dict(
-                x=top["x"], y=top["y"], width=max(top["width"], plot["width"]),
-                height=plot["y"] + plot["height"] - top["y"]))
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+        show(table_shown)
+        # table: best first (the query pane's own sorting controls)
+        _choose(page, "Sort by", SWEEP_METRIC)
+        _choose(page, "Direction", "Descending")
+        time.sleep(3)
+        shots.append(out / f"{prefix}_table.png")
+        box = page.locator("tf-hparams-table-view").first.bounding_box()
+        page.screenshot(path=str(shots[-1]), clip=dict(
+            x=box["x"], y=box["y"], width=box["width"],
+            height=min(box["height"], height - box["y"])))
+        show(shown)
+        tabs = page.locator("paper-tab")
+        for i in range(tabs.count()):
+            if "PARALLEL" in tabs.nth(i).text_content().upper():
+                tabs.nth(i).click()
+        time.sleep(4)
+        for axis in SWEEP_LOG_AXES:  # the scale chooser of each axis
+            box = page.locator("div.column").filter(
+                has=page.locator("div.column-title", has_text=axis))
+            if box.count():
+                box.first.get_by_text("Logarithmic").click()
+                time.sleep(1)
+        time.sleep(2)
+        shots.append(out / f"{prefix}_parallel.png")
+        top = page.locator("tf-hparams-scale-and-color-controls").first.bounding_box()
+        plot = page.locator("tf-hparams-parallel-coords-plot").first.bounding_box()
+        page.screenshot(path=str(shots[-1]), clip=dict(
+            x=top["x"], y=top["y"], width=max(top["width"], plot["width"]),
+            height=plot["y"] + plot["height"] - top["y"]))
     return shots
 
 
