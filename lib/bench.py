@@ -257,16 +257,11 @@ def cpu_peak_gflops(cores: int | None = None) -> dict:
     fused multiply-add pipes of the widest vector the flags name (AVX-512: 16 floats,
     AVX2: 8), 2 FLOPs per FMA. An upper bound: some CPUs (AMD Zen 4) run 512-bit
     instructions in two halves, and clocks drop under vector load."""
-    from .train import cpu_flags
+    from .train import cpu_flags, cpuinfo
 
     flags = cpu_flags().split()
     width = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    mhz = 0.0
-    try:
-        with open("/proc/cpuinfo") as f:
-            mhz = max(float(ln.split(":")[1]) for ln in f if ln.startswith("cpu MHz"))
-    except (OSError, ValueError):
-        pass
+    mhz = max((float(v) for v in cpuinfo("cpu MHz")), default=0.0)
     cores = cores or torch.get_num_threads()
     per_cycle = 2 * width * 2
     return dict(cores=cores, mhz=mhz, flops_per_cycle=per_cycle, flags=" ".join(flags),

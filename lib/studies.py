@@ -299,12 +299,12 @@ def fidelity_runs(ds: Dataset, budget: str = "cpu", runs_dir=None, train: bool =
     rows = []
     todo = fidelity_configs(budget)
     for i, (label, fid, c) in enumerate(todo, 1):
+        run = R.find(c, ds, "search/fidelity", runs_dir)
         if log:
-            cached = R.find(c, ds, "search/fidelity", runs_dir) is not None
             log(f"[{i}/{len(todo)}] fidelity study: {label} at {fid}: "
-                f"{'cached' if cached else 'to train' if train else 'missing'}")
-        run = (R.get(c, ds, "search/fidelity", runs_dir, device=device) if train
-               else R.find(c, ds, "search/fidelity", runs_dir))
+                f"{'cached' if run else 'to train' if train else 'missing'}")
+        if run is None and train:
+            run = R.get(c, ds, "search/fidelity", runs_dir, device=device)
         if run is None:
             continue
         n = run.summary["train_images"]

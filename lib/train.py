@@ -718,11 +718,7 @@ def hardware(dev: torch.device) -> dict:
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
     elif dev.type == "cpu":
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+        name = next(iter(cpuinfo("model name")), name)
     return dict(device=dev.type, device_name=name, threads=torch.get_num_threads(),
                 cpu_count=os.cpu_count(), cpu_flags=cpu_flags(), torch=torch.__version__,
                 python=platform.python_version())
@@ -733,11 +729,21 @@ def hardware(dev: torch.device) -> dict:
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+def cpuinfo(key: str, path: str = "/proc/cpuinfo") -> list[str]:
+    """The values of ``key`` in /proc/cpuinfo, one per logical CPU (empty where there is
+    no such file, as on macOS)."""
+    try:
+        with open(path) as f:
+            return [ln.split(":", 1)[1].strip() for ln in f
+                    if ln.split(":", 1)[0].strip() == key and ":" in ln]
+    except OSError:
+        return []
+
+
 def cpu_flags() -> str:
     """Which of :data:`CPU_FLAGS` this machine's CPU has, space-separated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            have = next(ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags"))
-    except (OSError, StopIteration):
+    flags = cpuinfo("flags")
+    if not flags:
         return "unknown"
+    have = flags[0].split()
     return " ".join(fl for fl in CPU_FLAGS if fl in have)

@@ -172,7 +172,10 @@ def test_fast_recipe_trains_and_keeps_tta_logits(synth, tmp_path):
     y = synth.y_test
     assert (plain.argmax(1) == y).mean() == pytest.approx(s["test_acc"], abs=1e-3)
     assert (tta.argmax(1) == y).mean() == pytest.approx(s["test_acc_tta"], abs=1e-3)
-    assert "avx2" in s["cpu_flags"] or s["cpu_flags"] in ("", "unknown") or s["cpu_flags"]
+    # the CPU's precision-relevant flags are recorded with the run
+    from lib.train import CPU_FLAGS, cpu_flags
+    assert s["cpu_flags"] == cpu_flags()
+    assert s["cpu_flags"] == "unknown" or set(s["cpu_flags"].split()) <= set(CPU_FLAGS)
     # the whitening bias stopped training after whiten_bias_epochs
     model = run.model()
     assert isinstance(model.features[0], fast.Whitening)

@@ -134,6 +134,17 @@ def test_a_pinned_thread_count_is_in_the_key_and_restored_after(synth, tiny_conf
     assert res.summary["threads"] == 1 and torch.get_num_threads() == before
 
 
+def test_cpuinfo_reads_each_cpus_value(tmp_path):
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 fma\n"
+                 "cpu MHz\t\t: 2000.5\n\nprocessor\t: 1\nmodel name\t: Test CPU\n"
+                 "flags\t\t: fpu avx2 fma\ncpu MHz\t\t: 2100.0\n")
+    assert train.cpuinfo("model name", f) == ["Test CPU", "Test CPU"]
+    assert train.cpuinfo("cpu MHz", f) == ["2000.5", "2100.0"]
+    assert train.cpuinfo("flags", f)[0].split() == ["fpu", "avx2", "fma"]
+    assert train.cpuinfo("flags", tmp_path / "missing") == []
+
+
 def test_probe_is_class_balanced_even_on_a_sorted_split():
     y = np.repeat(np.arange(10), 30)  # sorted by class, as the offline copy's test set
     idx = train.probe_indices(y, 40)
