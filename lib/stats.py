@@ -64,3 +64,31 @@ def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B") -> str:
         text += (f"; smaller than the test set's own sampling error ({se_test * 100:.2f} "
                  f"points on {n_test:,} images)")
     return text[0].upper() + text[1:]
+
+
+def spearman_ci(x, y, level: float = 0.95) -> dict:
+    """Spearman's rho of ``x`` and ``y`` (scipy.stats.spearmanr) with an approximate
+    confidence interval: Fisher's z of rho with standard error 1.06 / sqrt(n - 3)
+    (Fieller, Hartley and Pearson's approximation for rank correlations); nan bounds
+    below 5 pairs."""
+    from scipy import stats
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = int(len(x))
+    rho = float(stats.spearmanr(x, y).statistic) if n >= 3 else float("nan")
+    if n < 5 or not math.isfinite(rho):
+        return dict(rho=rho, lo=float("nan"), hi=float("nan"), n=n)
+    z = math.atanh(max(min(rho, 0.999999), -0.999999))
+    half = float(stats.norm.ppf(0.5 + level / 2)) * 1.06 / math.sqrt(n - 3)
+    return dict(rho=rho, lo=math.tanh(z - half), hi=math.tanh(z + half), n=n)
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> dict:
+    """A share ``k`` of ``n`` with Wilson's confidence interval (scipy.stats.binomtest)."""
+    from scipy import stats
+
+    if n == 0:
+        return dict(p=float("nan"), lo=float("nan"), hi=float("nan"), k=0, n=0)
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level,
+                                                       method="wilson")
+    return dict(p=k / n, lo=float(ci.low), hi=float(ci.high), k=int(k), n=int(n))
