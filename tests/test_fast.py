@@ -220,3 +220,25 @@ def test_new_options_keep_old_keys():
 def test_impossible_recipe_options_fail_at_config_time(over, match):
     with pytest.raises(ConfigError, match=match):
         train.make_config(**over)
+
+
+def test_ablation_table_counts_an_epoch_only_when_every_seed_reached_it():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    def run(seed, accs):
+        m = pd.DataFrame({"epoch": range(1, len(accs) + 1), "val_acc": accs})
+        return SimpleNamespace(summary=dict(test_acc=accs[-1], test_acc_tta=accs[-1] + .01,
+                                            train_time_s=60.0), metrics=m, key=f"k{seed}",
+                               config=SimpleNamespace(seed=seed, holdout=100))
+
+    assert recipe.epochs_to(run(0, [0.5, 0.86, 0.91]).metrics, "val_acc", 0.85) == 2
+    rows = [dict(kind="ladder", step=0, name="a", seed=0, run=run(0, [0.5, 0.86, 0.91])),
+            dict(kind="ladder", step=0, name="a", seed=1, run=run(1, [0.6, 0.84, 0.88])),
+            dict(kind="ladder", step=1, name="b", seed=0, run=None)]
+    t = recipe.ablation_table(rows)
+    assert len(t) == 1 and t.seeds.iloc[0] == 2
+    assert t.epochs_to_85.iloc[0] == 2.5            # both seeds reached 85 %
+    assert np.isnan(t.epochs_to_90.iloc[0])         # seed 1 never reached 90 %
+    assert t.test_acc.iloc[0] == pytest.approx((0.91 + 0.88) / 2)
