@@ -44,22 +44,32 @@ def fmt(values, level: float = 0.95) -> str:
             f"{s['hi'] * 100:.2f}, n = {s['n']})")
 
 
-def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B") -> str:
-    """B against A in words: the difference of the means with its 95 % CI (Welch), and
-    whether it is below the test set's sampling error at these accuracies."""
+def welch_ci(a, b, level: float = 0.95) -> dict:
+    """Mean of ``b`` minus mean of ``a`` with Welch's t confidence interval (unequal
+    variances); nan bounds with fewer than 2 values a side or no spread at all."""
     from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = float(b.mean() - a.mean())
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return dict(d=d, lo=float("nan"), hi=float("nan"))
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) \
+        if va + vb > 0 else len(a) + len(b) - 2
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * math.sqrt(va + vb)
+    return dict(d=d, lo=d - half, hi=d + half)
+
+
+def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B") -> str:
+    """B against A in words: the difference of the means with its 95 % CI (Welch), and
+    whether it is below the test set's sampling error at these accuracies."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    w = welch_ci(a, b)
+    d = w["d"]
     se_test = binomial_se(float((a.mean() + b.mean()) / 2), n_test)
     text = f"{name_b} minus {name_a}: {d * 100:+.2f} points"
-    if len(a) >= 2 and len(b) >= 2 and (np.ptp(a) > 0 or np.ptp(b) > 0):
-        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-        se = math.sqrt(va + vb)
-        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) \
-            if va + vb > 0 else len(a) + len(b) - 2
-        half = float(stats.t.ppf(0.975, dof)) * se
-        text += f" (95 % CI {(d - half) * 100:+.2f} to {(d + half) * 100:+.2f}, Welch)"
+    if math.isfinite(w["lo"]):
+        text += f" (95 % CI {w['lo'] * 100:+.2f} to {w['hi'] * 100:+.2f}, Welch)"
     if abs(d) < se_test:
         text += (f"; smaller than the test set's own sampling error ({se_test * 100:.2f} "
                  f"points on {n_test:,} images)")

@@ -51,3 +51,12 @@ def test_proportion_ci_is_wilsons():
     assert s["p"] == pytest.approx(4 / 6) and (s["lo"], s["hi"]) == pytest.approx(
         (ci.low, ci.high))
     assert math.isnan(stats.proportion_ci(0, 0)["p"])
+
+
+def test_welch_ci_is_scipys():
+    a, b = [0.8525, 0.8476, 0.8522], [0.8535, 0.8505, 0.8526]
+    w = stats.welch_ci(a, b)
+    ci = st.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)
+    assert w["d"] == pytest.approx(np.mean(b) - np.mean(a))
+    assert (w["lo"], w["hi"]) == pytest.approx((ci.low, ci.high))
+    assert math.isnan(stats.welch_ci([0.5], [0.6, 0.7])["lo"])
