@@ -504,14 +504,15 @@ def sweep_screenshots(name: str, budget: str, runs_dir=None, out=None) -> list[P
     axes = {n for n in names if n not in SWEEP_AXES_LEFT_OUT}
     shots = screens.tensorboard_sweep(logs, out, axes, table, prefix=f"tb_{name}")
     if wb:
-        shots.append(screens.wandb_sweep(logs / "wandb", out, name=f"wandb_{name}"))
+        shots.append(screens.wandb_sweep(logs / "wandb", out, name=f"wandb_{name}",
+                                         cols=112, rows=34))
     return shots
 
 
 #: The HParams table keeps these of a study's hyperparameters: few enough that the
 #: metric's column fits the picture.
-SWEEP_TABLE_COLUMNS = {"lr", "batch_size", "kernel_size", "depth", "optimizer",
-                       "widths", "lr|sgd", "lr|adamw"}
+SWEEP_TABLE_COLUMNS = {"lr", "batch_size", "kernel_size", "depth", "widths", "lr|sgd",
+                       "lr|adamw"}
 #: The parallel coordinates leave out these (the figure's caption says so): with every
 #: searched hyperparameter the axes are too close to read at the page's width.
 SWEEP_AXES_LEFT_OUT = {"early_pool", "growth", "convs_per_block"}

@@ -235,7 +235,8 @@ def _leet_png(target: list[str], out: Path, name: str, cols: int, rows: int,
     page_html = re.sub("([\u2800-\u28ff])", r'<span class="cell">\1</span>', page_html)
     html.write_text(page_html.replace("<head>", "<head><style>.cell { display: "
                                       "inline-block; width: 1ch; overflow: hidden; "
-                                      "vertical-align: bottom; }</style>", 1))
+                                      "vertical-align: bottom; } pre { display: "
+                                      "inline-block; }</style>", 1))
     png = out / f"{name}.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_FLAGS)
@@ -297,12 +298,12 @@ def _choose(page, label: str, item: str) -> None:
 
 
 def tensorboard_sweep(log_dir: Path, out: Path, shown: set[str], table_shown: set[str],
-                      prefix: str = "tb_sweep", width: int = 1800,
-                      height: int = 900) -> list[Path]:
+                      prefix: str = "tb_sweep", width: int = 1800, height: int = 900,
+                      table_rows: int = 12) -> list[Path]:
     """TensorBoard's HParams dashboard over a study's trials (one run per trial, written by
-    :func:`lib.sweeplog.log_study`): the table view with the hyperparameters
-    ``table_shown``, sorted by ``SWEEP_METRIC`` (best first), and the parallel-coordinates
-    view of the hyperparameters ``shown``, coloured by it."""
+    :func:`lib.sweeplog.log_study`): the first ``table_rows`` rows of the table view with
+    the hyperparameters ``table_shown``, sorted by ``SWEEP_METRIC`` (best first), and the
+    parallel-coordinates view of the hyperparameters ``shown``, coloured by it."""
     shots = []
     # wide enough that the table's metric column and every axis fit; each picture is
     # cropped to its view
@@ -326,9 +327,13 @@ def tensorboard_sweep(log_dir: Path, out: Path, shown: set[str], table_shown: se
         time.sleep(3)
         shots.append(out / f"{prefix}_table.png")
         box = page.locator("tf-hparams-table-view").first.bounding_box()
+        header = page.locator("div.table-header").first.bounding_box()
+        row = page.locator("vaadin-grid-cell-content", has_text="trial-").first \
+            .bounding_box()
+        rows_h = header["height"] + 6 + table_rows * (row["height"] + 12)
         page.screenshot(path=str(shots[-1]), clip=dict(
             x=box["x"], y=box["y"], width=box["width"],
-            height=min(box["height"], height - box["y"])))
+            height=min(box["height"], height - box["y"], rows_h)))
         show(shown)
         tabs = page.locator("paper-tab")
         for i in range(tabs.count()):
