@@ -97,10 +97,11 @@ LEAVE_ONE_OUT = [
     ("no BN tweaks", dict(model=dict(bn_frozen_scale=False, bn_momentum=0.1))),
     ("no BN-bias learning-rate scale", dict(bias_lr_scale=1.0)),
     ("no label smoothing", dict(label_smoothing=0.0)),
-    ("random flip", dict(flip="random")),
-    ("crop 4 (zero padding)", dict(translate=4, pad_mode="zeros")),
+    ("random flip instead of alternating", dict(flip="random")),
+    ("crop 4 with zero padding instead of translate 2", dict(translate=4,
+                                                             pad_mode="zeros")),
     ("no lookahead", dict(lookahead_every=0)),
-    ("ReLU", dict(model=dict(activation="relu"))),
+    ("ReLU instead of GELU", dict(model=dict(activation="relu"))),
 ]
 
 
@@ -333,10 +334,13 @@ def comparison(full: list, ch3: list, prev: list):
     return pd.DataFrame(rows).set_index("source")
 
 
-def contributions(ab) -> str:
+def contributions(ab, n_test: int = 10_000) -> str:
     """What each technique bought, in words, from :func:`ablation_table`: the gain of
     each ladder step over the step before, and the loss when it is left out of the full
-    recipe, both in TTA test accuracy, largest first, with the seeds behind each."""
+    recipe (or replaced by its usual form), both in TTA test accuracy, largest first,
+    with the seeds behind each and the test set's sampling error (``n_test`` images)."""
+    from .stats import binomial_se
+
     if ab is None or not len(ab):
         return "No ablation run is cached yet."
     parts = []
@@ -354,11 +358,15 @@ def contributions(ab) -> str:
     if len(loo) and len(full) and int(full.step.iloc[0]) == len(LADDER) - 1:
         ref = float(full.tta_acc.iloc[0])
         d = loo.assign(loss=ref - loo.tta_acc).sort_values("loss", ascending=False)
-        parts.append("Taking one technique out of the full recipe costs: " + "; ".join(
+        parts.append("Taking one technique out of the full recipe (or replacing it by its "
+                     "usual form) costs: " + "; ".join(
             f"{r.name} {r.loss * 100:+.2f} points ({r.seeds} seed{'s' * (r.seeds > 1)})"
             for r in d.itertuples()) + ".")
     if not parts:
         return "Too few ablation runs are cached to compare steps yet."
-    return " ".join(parts) + (" With one or two seeds per step and a test-set sampling "
-                              "error of about 0.3 points, differences below about half a "
-                              "point do not rank the techniques.")
+    lo, hi = int(ab.seeds.min()), int(ab.seeds.max())
+    seeds = f"{lo}" if lo == hi else f"{lo} to {hi}"
+    se = binomial_se(float(ab.tta_acc.mean()), n_test) * 100
+    return " ".join(parts) + (f" With {seeds} seed{'s' * (hi > 1)} per step and a test-set "
+                              f"sampling error of {se:.2f} points, differences below about "
+                              "half a point do not rank the techniques.")
