@@ -103,15 +103,18 @@ def written_out(window: np.ndarray, kernel: np.ndarray) -> str:
     return " + ".join(terms) + f" = {float((window * kernel).sum()):g}"
 
 
-def time_against_torch(x: np.ndarray, w: np.ndarray, repeats: int = 3) -> dict:
+def time_against_torch(x: np.ndarray, w: np.ndarray, repeats: int = 5) -> dict:
     """Seconds of :func:`conv2d` and of ``torch.nn.functional.conv2d`` on the same input
-    (best of ``repeats``), and their ratio (chapter 1)."""
+    (best of ``repeats``, after one untimed call each: PyTorch's first call sets up its
+    kernels and threads, which would otherwise be timed as the convolution), and their
+    ratio (chapter 1)."""
     import time
 
     import torch
     import torch.nn.functional as F
 
     def best(fn):
+        fn()  # warm-up, not timed
         out = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -121,6 +124,11 @@ def time_against_torch(x: np.ndarray, w: np.ndarray, repeats: int = 3) -> dict:
 
     xt, wt = torch.from_numpy(x)[None], torch.from_numpy(w)
     loops = best(lambda: conv2d(x, w, padding=w.shape[-1] // 2))
-    with torch.no_grad():
-        lib = best(lambda: F.conv2d(xt, wt, padding=w.shape[-1] // 2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core each, like the loops (and no waiting on a busy one)
+    try:
+        with torch.no_grad():
+            lib = best(lambda: F.conv2d(xt, wt, padding=w.shape[-1] // 2))
+    finally:
+        torch.set_num_threads(threads)
     return {"loops_s": loops, "torch_s": lib, "ratio": loops / lib}
