@@ -127,9 +127,11 @@ class Run:
 
 
 def _git_commit() -> str:
+    """The checkout's commit, with "-dirty" when the working tree has uncommitted changes
+    (the code that ran is then not exactly that commit's)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
