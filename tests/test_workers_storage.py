@@ -17,7 +17,9 @@ import pytest
 from lib import search
 from lib.data import REPO_ROOT
 
-SPACE = "lr: {low: 0.01, high: 0.1, log: true}\nmodel.width: [24, 32]\nmodel.convs_per_block: [2]\n"
+# fifteen epochs (of a tiny synthetic set): trials long enough that the kill lands inside one
+SPACE = ("lr: {low: 0.01, high: 0.1, log: true}\nmodel.width: [24, 32]\n"
+         "model.convs_per_block: [2]\nepochs: [15]\n")
 
 
 def sweep_cmd(tmp_path, study, storage, workers, n_trials):
@@ -52,13 +54,21 @@ def kill_one_worker_mid_trial(cmd, study, storage):
                 running = df[df.state == "RUNNING"]
                 if len(running) and "pid" in running:
                     victim = int(running.pid.iloc[0])
-                    number = int(running.number.iloc[0])
             time.sleep(0.2)
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+    # the trial the kill interrupted: the victim's trial that did not finish, still
+    # RUNNING or already failed by the other worker's heartbeat check (on a loaded
+    # machine the trial seen above may finish before the signal lands, and the worker
+    # starts the next one)
+    df = frame(study, storage)
+    left = df[df.state.isin(["RUNNING", "FAIL"]) & (df.pid == victim)]
+    assert len(left) == 1, (f"the killed worker {victim} left {len(left)} unfinished "
+                            f"trials: {df[['number', 'state', 'pid']].to_dict('records')}")
+    number = int(left.number.iloc[0])
     return number, proc.returncode, err
 
 
