@@ -317,11 +317,9 @@ def comparison(full: list, ch3: list, prev: list):
 
     def minutes(rs):
         threads = sorted({r.summary.get("threads") for r in rs}, key=str)
-        how = ("" if len(threads) != 1 else
-               f", {threads[0]} thread{'s' * (threads[0] != 1)}") if threads else ""
-        mixed = "" if len(threads) == 1 else \
-            f", runs on {' or '.join(map(str, threads))} threads"
-        return (f"2-core CPU{how}{mixed}, "
+        where = "runs on " if len(threads) > 1 else ""
+        plural = "" if threads == [1] else "s"
+        return (f"2-core CPU, {where}{' or '.join(map(str, threads))} thread{plural}, "
                 f"{np.mean([r.summary['train_time_s'] for r in rs]) / 60:.0f} min")
 
     rows = [dict(source=p["source"], data="pristine (published)", epochs=f"{p['epochs']:g}",
