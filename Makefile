@@ -61,6 +61,7 @@ long_retrain = $$($(PY) -c 'from lib import search as s; b = "$(BUDGET)"; \
 
 sweep: $(STAMP)  ## run (or resume) the book's studies into runs/search/, then chapter 6's re-training
 	for s in $(STUDIES); do $(PY) -m lib sweep --study $$s --budget $(BUDGET) || exit 1; done
+	$(PY) -m lib sweep --study recipe-main --budget $(BUDGET) --retrain $$($(PY) -c 'from lib import studies; print(studies.RECIPE_RETRAIN_K["$(BUDGET)"])')
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 3
 	$(PY) -m lib sweep --study main --budget $(BUDGET) --retrain 1 \
 	  $(call long_retrain,RETRAIN_LONG_EPOCHS,RETRAIN_LONG_SEEDS)

@@ -289,7 +289,7 @@ def epoch_returns(found: dict) -> str:
 def versus_seeds(name_a: str, accs_a, name_b: str, accs_b, alpha: float = 0.05) -> str:
     """Two configs' test accuracies over seeds, compared in words (chapter 6): the means,
     the difference, and whether Welch's t-test over the seeds separates them."""
-    from scipy import stats
+    from .stats import welch_ci
 
     a, b = np.asarray(accs_a, float), np.asarray(accs_b, float)
     if len(a) < 2 or len(b) < 2:
@@ -298,7 +298,7 @@ def versus_seeds(name_a: str, accs_a, name_b: str, accs_b, alpha: float = 0.05) 
     if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread on either side: no t-test
         p = 0.0 if d else 1.0
     else:
-        p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
+        p = welch_ci(a, b)["p"]
     lead = (f"{name_b} scores {b.mean():.2%} against {a.mean():.2%} for {name_a} "
             f"({len(b)} and {len(a)} seeds), ")
     if d == 0:

@@ -409,6 +409,15 @@ def cmd_sweep(a) -> None:
     if changes and not a.space:
         spec = search.StudySpec(**{**{f: getattr(spec, f) for f in
                                       spec.__dataclass_fields__}, **changes})
+    if a.retrain and spec.name == "recipe-main" and not a.space:
+        if a.epochs or a.seeds:
+            raise UserError("--epochs/--seeds: recipe-main re-trains at the recipe's own "
+                            "budget (chapter 5's epochs and seeds)")
+        rt = studies.retrain(_sweep_data(a), a.budget, k=a.retrain, runs_dir=a.runs_dir,
+                             device=a.device, train=True,
+                             log=lambda m: print(m, flush=True))
+        print(rt.drop(columns="run").to_string(index=False))
+        return
     if a.retrain:
         rt = search.retrain(spec.name, a.budget, _sweep_data(a), k=a.retrain,
                             runs_dir=a.runs_dir, device=a.device,

@@ -169,7 +169,7 @@ def _study_item(spec, fp, runs_dir, cost, device) -> Item:
 def _retrain_items(budget, fp, root, cost, runs_dir, device) -> list[Item]:
     """Chapter 6's re-training runs of the studies' first choices (where the studies
     exist; else nothing can be listed yet) and chapter 7's seed runs."""
-    from . import search
+    from . import search, studies
 
     out = []
     plan = [("main", 3, search.RETRAIN_EPOCHS[budget], None),
@@ -189,6 +189,16 @@ def _retrain_items(budget, fp, root, cost, runs_dir, device) -> list[Item]:
                                             seeds):
                 out.append(_run("06 search", f"{name} rank {rank} at {epochs} epochs, seed "
                                 f"{c.seed}", "search-best", c, fp, root, cost, "torch", device))
+    try:  # the search around the recipe: its top distinct architectures, full budget
+        study = search.load_study("recipe-main", runs_dir)
+        for rank, number, _, c in studies.retrain_plan(study, budget):
+            group = "recipe" if (root / "recipe" / run_key(c, fp) / "summary.json"
+                                 ).is_file() else "search-best"
+            out.append(_run("06 search", f"recipe-main rank {rank} (trial {number}), seed "
+                            f"{c.seed}", group, c, fp, root, cost, "torch", device))
+            out[-1].book_trains = False  # `python -m lib sweep --study recipe-main --retrain`
+    except search.SearchError:
+        pass
     try:
         study = search.load_study("main", runs_dir)
         spec = search.study_spec(study)

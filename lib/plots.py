@@ -772,3 +772,32 @@ def ablation(df: pd.DataFrame, per_seed: pd.DataFrame):
     axes[-1, 0].set_xlabel("test accuracy (bars: mean over seeds; dots: seeds)")
     fig.tight_layout()
     return fig
+
+
+#: Short marks of the fidelity study's named configurations (random ones show their number).
+FIDELITY_MARKS = {"recipe defaults": "D", "chapter 3's CNN in the recipe": "C3"}
+
+
+def fidelity_scatter(df: pd.DataFrame, table: pd.DataFrame, picked: str | None = None):
+    """The fidelity study (chapter 6): one panel per candidate fidelity, each
+    configuration's validation accuracy there against the one at the reference, with
+    the rank correlation in the panel's title; the picked fidelity's title in bold."""
+    wide = df.pivot_table(index="config", columns="fidelity", values="val_acc")
+    fids = list(table.fidelity)
+    fig, axes = plt.subplots(1, max(1, len(fids)), figsize=(WIDTH, 3.0), squeeze=False,
+                             layout="constrained")
+    for ax, row in zip(axes[0], table.itertuples()):
+        both = wide[[row.fidelity, "reference"]].dropna() if row.fidelity in wide else \
+            pd.DataFrame(columns=[row.fidelity, "reference"])
+        ax.scatter(both["reference"], both[row.fidelity], s=24, color="tab:blue")
+        for name, r in both.iterrows():
+            ax.annotate(FIDELITY_MARKS.get(name, str(name).removeprefix("random ")),
+                        (r["reference"], r[row.fidelity]),
+                        fontsize=7, xytext=(3, 2), textcoords="offset points")
+        ax.set_title(f"{row.fidelity}: rho {row.spearman:.2f}, {row.minutes_per_run:.1f} min",
+                     fontsize=9, fontweight="bold" if row.fidelity == picked else "normal")
+        ax.set_xlabel("validation accuracy, reference")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    axes[0][0].set_ylabel("validation accuracy, candidate")
+    return fig

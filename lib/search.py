@@ -979,17 +979,32 @@ def _configs(df: pd.DataFrame) -> list:
     return sorted(df.key.tolist())
 
 
+def _leaf_row(name: str, s) -> dict:
+    if isinstance(s, dict) and "low" in s:
+        scale = "log" if s.get("log") else "linear"
+        return dict(hyperparameter=name, kind=f"continuous ({scale})",
+                    values=f"{s['low']:g} to {s['high']:g}")
+    choices = _choices(s)
+    return dict(hyperparameter=name, kind="fixed" if len(choices) == 1 else "categorical",
+                values=", ".join(map(str, choices)))
+
+
 def space_table(spec: StudySpec) -> pd.DataFrame:
-    """The search space as a table: name, kind, values or range (chapter 6)."""
+    """The search space as a table: name, kind, values or range (chapter 6). A
+    conditional hyperparameter has one row per case (``lr | sgd``); the settings a
+    choice implies are listed with it."""
     rows = []
     for name, s in spec.space.items():
-        if isinstance(s, (list, tuple)):
-            rows.append(dict(hyperparameter=name, kind="categorical",
-                             values=", ".join(map(str, s))))
-        else:
-            scale = "log" if s.get("log") else "linear"
-            rows.append(dict(hyperparameter=name, kind=f"continuous ({scale})",
-                             values=f"{s['low']:g} to {s['high']:g}"))
+        if isinstance(s, dict) and "given" in s:
+            rows += [_leaf_row(f"{name} | {case}", leaf) for case, leaf in s["cases"].items()]
+            continue
+        row = _leaf_row(name, s)
+        implies = s.get("implies", {}) if isinstance(s, dict) else {}
+        if implies:
+            row["values"] += " (" + "; ".join(
+                f"{c} sets " + ", ".join(f"{k} {v}" for k, v in over.items())
+                for c, over in implies.items()) + ")"
+        rows.append(row)
     return pd.DataFrame(rows).set_index("hyperparameter")
 
 

@@ -11,6 +11,7 @@ images could change, whatever the seeds say.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -46,16 +47,19 @@ def fmt(values, level: float = 0.95) -> str:
 
 def welch_ci(a, b, level: float = 0.95) -> dict:
     """Mean of ``b`` minus mean of ``a`` with Welch's t confidence interval
-    (scipy.stats.ttest_ind with unequal variances); nan bounds with fewer than 2 values a
-    side or no spread at all."""
+    (scipy.stats.ttest_ind with unequal variances) and its p-value; nan bounds and p with
+    fewer than 2 values a side or no spread at all."""
     from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = float(b.mean() - a.mean())
     if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        return dict(d=d, lo=float("nan"), hi=float("nan"))
-    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(level)
-    return dict(d=d, lo=float(ci.low), hi=float(ci.high))
+        return dict(d=d, lo=float("nan"), hi=float("nan"), p=float("nan"))
+    with warnings.catch_warnings():  # scipy's precision warning on near-equal values
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = stats.ttest_ind(b, a, equal_var=False)
+        ci = t.confidence_interval(level)
+    return dict(d=d, lo=float(ci.low), hi=float(ci.high), p=float(t.pvalue))
 
 
 def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B") -> str:

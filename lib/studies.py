@@ -189,7 +189,7 @@ FIDELITY_MIN_SPEARMAN = 0.8
 #: to start unless the fidelity study's rule picks the same one (chapter 6 shows both).
 RECIPE_FIDELITY = {"smoke": "small", "cpu": "10k x 5", "gpu": "20k x 10"}
 #: The cheap fidelity of the TPE-against-random repeats, and their size.
-COMPARE_FIDELITY = {"smoke": "tiny", "cpu": "5k x 5", "gpu": "10k x 10"}
+COMPARE_FIDELITY = {"smoke": "small", "cpu": "5k x 5", "gpu": "10k x 10"}
 COMPARE_REPEATS = {"smoke": 2, "cpu": 3, "gpu": 5}
 COMPARE_TRIALS = {"smoke": 4, "cpu": 20, "gpu": 40}
 RECIPE_TRIALS = {"smoke": 6, "cpu": 60, "gpu": 200}
@@ -414,3 +414,118 @@ def top_distinct(study, k: int = 3, by=ARCHITECTURE) -> pd.DataFrame:
     ranked = top_trials(study, k=10**6)
     cols = [c for c in by if c in ranked.columns]
     return ranked.drop_duplicates(cols).head(k)
+
+
+# --------------------------------------------------------------------------
+# re-training the search's choices at the recipe's full budget (chapter 6)
+# --------------------------------------------------------------------------
+#: How many distinct architectures of the main study are re-trained.
+RECIPE_RETRAIN_K = {"smoke": 2, "cpu": 3, "gpu": 3}
+
+
+def retrain_configs(params: dict, budget: str = "cpu") -> list[Config]:
+    """A trial of the search around the recipe (Optuna's parameter values) at the
+    recipe's full budget, one config per seed of :data:`lib.recipe.RECIPE_SEEDS`: every
+    training image, the recipe's epochs, TTA scored beside the plain accuracy, exactly
+    chapter 5's runs but for the searched values (so the recipe's defaults *are*
+    chapter 5's runs, and come from its cache)."""
+    from .recipe import RECIPE_SEEDS, fast_config
+
+    over = decode(_space(budget), params)
+    return [make_config(fast_config(budget, seed=s), **over)
+            for s in range(RECIPE_SEEDS[budget])]
+
+
+def retrain_plan(study, budget: str = "cpu", k: int | None = None) -> list[tuple]:
+    """(rank, trial number, validation accuracy, config) of every re-training run: the
+    ``k`` best distinct architectures of the main study (:func:`top_distinct`), chosen
+    by validation accuracy, each at every seed."""
+    k = RECIPE_RETRAIN_K[budget] if k is None else k
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    out = []
+    for rank, t in enumerate(top_distinct(study, k).itertuples(), 1):
+        for c in retrain_configs(trials[t.number].params, budget):
+            out.append((rank, t.number, t.value, c))
+    return out
+
+
+def retrain(ds: Dataset, budget: str = "cpu", k: int | None = None, runs_dir=None,
+            device="auto", train: bool = False, log=None, study_name="recipe-main"
+            ) -> pd.DataFrame:
+    """The main study's top distinct architectures at the recipe's full budget: one row
+    per run (rank, trial, validation accuracy in the search, seed, plain and TTA test
+    accuracy, minutes) with the run itself. A configuration equal to the recipe's
+    defaults is read from chapter 5's runs (``runs/recipe``); the others live in
+    ``runs/search-best``. Without ``train`` only cached runs are returned."""
+    from . import runs as R
+    from .recipe import fast_config
+    from .search import load_study, n_trained
+
+    study = load_study(study_name, runs_dir)
+    want = recipe_studies(budget)[study_name].n_trials if study_name in recipe_studies(
+        budget) else 0
+    if train and n_trained(study) < want:
+        raise SearchError(f"{study_name} has {n_trained(study)} of its {want} trials: "
+                          f"finish it first (`python -m lib sweep --study {study_name}`), "
+                          "or its choice is not final")
+    rows = []
+    todo = retrain_plan(study, budget, k)
+    for i, (rank, number, value, c) in enumerate(todo, 1):
+        run = R.find(c, ds, "recipe", runs_dir) or R.find(c, ds, "search-best", runs_dir)
+        if log:
+            log(f"[{i}/{len(todo)}] rank {rank} (trial {number}), seed {c.seed}: "
+                f"{'cached' if run else 'to train' if train else 'missing'}")
+        if run is None and train:
+            run = R.get(c, ds, "search-best", runs_dir, device=device)
+        if run is None:
+            continue
+        s = run.summary
+        rows.append(dict(rank=rank, trial=number, val_acc=value, seed=c.seed, key=run.key,
+                         test_acc=s["test_acc"], test_acc_tta=s.get("test_acc_tta"),
+                         epochs=s["epochs_run"], minutes=s["train_time_s"] / 60,
+                         n_params=s["n_params"], is_default=c == fast_config(budget, seed=c.seed),
+                         run=run))
+    return pd.DataFrame(rows)
+
+
+def compare_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """TPE against random search (:func:`compare_frame`): per sampler, the best
+    validation accuracy each repeat reached (the final incumbent) with its mean, SD
+    and 95 % t interval over the repeats, and the mean number of trials a repeat took to
+    come within 0.5 points of its own final best."""
+    from .stats import mean_ci
+
+    rows = []
+    for sampler, g in df.groupby("sampler"):
+        finals, reach = [], []
+        for _, r in g.groupby("repeat"):
+            r = r.sort_values("index")
+            best = float(r.incumbent.iloc[-1])
+            finals.append(best)
+            reach.append(int(r["index"][r.incumbent >= best - 0.005].iloc[0]))
+        s = mean_ci(finals)
+        rows.append(dict(sampler=sampler, repeats=s["n"], trials=int(g["index"].max()),
+                         best_mean=s["mean"], best_sd=s["sd"], best_lo=s["lo"],
+                         best_hi=s["hi"], best_min=min(finals), best_max=max(finals),
+                         trials_to_best=float(np.mean(reach)), finals=finals))
+    return pd.DataFrame(rows).set_index("sampler")
+
+
+def retrain_table(rt: pd.DataFrame) -> pd.DataFrame:
+    """One row per re-trained configuration (:func:`retrain`), in the search's order
+    (rank by validation accuracy): trial, validation accuracy in the search, plain and
+    TTA test accuracy (mean, SD, 95 % t interval over the seeds), minutes per run, and
+    whether it is the recipe's default."""
+    from .stats import mean_ci
+
+    rows = []
+    for rank, g in rt.groupby("rank", sort=True):
+        plain, tta = mean_ci(g.test_acc), mean_ci(g.test_acc_tta.astype(float))
+        rows.append(dict(rank=int(rank), trial=int(g.trial.iloc[0]),
+                         val_acc=float(g.val_acc.iloc[0]), seeds=len(g),
+                         test_mean=plain["mean"], test_sd=plain["sd"], test_lo=plain["lo"],
+                         test_hi=plain["hi"], tta_mean=tta["mean"], tta_sd=tta["sd"],
+                         tta_lo=tta["lo"], tta_hi=tta["hi"], minutes=float(g.minutes.mean()),
+                         params=int(g.n_params.iloc[0]),
+                         is_default=bool(g.is_default.iloc[0])))
+    return pd.DataFrame(rows).set_index("rank")

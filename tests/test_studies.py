@@ -169,3 +169,45 @@ def test_compare_frame_and_top_distinct_at_smoke(tmp_path):
     top = studies.top_distinct(search.load_study("recipe-tpe-0", tmp_path), k=2)
     arch = top[[c for c in studies.ARCHITECTURE if c in top.columns]]
     assert len(arch.drop_duplicates()) == len(top) <= 2
+
+
+def test_retrain_reuses_the_recipe_and_refuses_an_unfinished_study(tmp_path):
+    from lib import runs
+    from lib.data import synthetic
+
+    ds = synthetic(512, 256)
+    spec = studies.recipe_studies("smoke")["recipe-main"]
+    partial = search.StudySpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__},
+                                  "n_trials": 3})
+    search.run_study(partial, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    with pytest.raises(search.SearchError, match="3 of its 6 trials"):
+        studies.retrain(ds, "smoke", runs_dir=tmp_path, train=True)
+    search.run_study(spec, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    # the recipe's defaults (the first trial) at full budget are chapter 5's runs
+    default = studies.retrain_configs(search.encode(studies._space("smoke"),
+                                                    studies._enqueued("smoke")[0]), "smoke")
+    assert [c.epochs for c in default] == [fast_config("smoke").epochs]
+    rt = studies.retrain(ds, "smoke", runs_dir=tmp_path, train=True)
+    top = studies.top_distinct(search.load_study("recipe-main", tmp_path),
+                               studies.RECIPE_RETRAIN_K["smoke"])
+    assert list(rt.trial.unique()) == list(top.number)  # best validation first
+    assert rt.test_acc_tta.notna().all() and (rt.epochs == fast_config("smoke").epochs).all()
+    for r in rt.run:  # whole training set, TTA logits kept beside the plain ones
+        assert r.config.holdout == 0 and (r.path / "test_logits_tta.npy").is_file()
+    again = studies.retrain(ds, "smoke", runs_dir=tmp_path)  # cached: nothing trained
+    assert list(again.key) == list(rt.key)
+    assert all(runs.find(r.config, ds, "search-best", tmp_path) or r.config ==
+               fast_config("smoke", seed=r.config.seed) for r in rt.run)
+
+
+def test_compare_summary_reads_each_repeats_final_incumbent():
+    df = pd.DataFrame(dict(sampler=["tpe"] * 6 + ["random"] * 3,
+                           repeat=[0, 0, 0, 1, 1, 1, 0, 0, 0],
+                           index=[1, 2, 3] * 3,
+                           incumbent=[0.5, 0.8, 0.9, 0.7, 0.898, 0.898, 0.607, 0.607, 0.61]))
+    s = studies.compare_summary(df)
+    assert s.loc["tpe", "finals"] == [0.9, 0.898] and s.loc["tpe", "repeats"] == 2
+    assert s.loc["tpe", "best_mean"] == pytest.approx(0.899)
+    assert s.loc["tpe", "trials_to_best"] == pytest.approx(2.5)  # 3 and 2
+    assert s.loc["random", "repeats"] == 1 and math.isnan(s.loc["random", "best_lo"])
+    assert s.loc["random", "trials_to_best"] == 1  # 0.607 is within 0.5 points of 0.61
