@@ -772,6 +772,9 @@ def study_spec(study) -> StudySpec:
     """The StudySpec a study was created with (stored in the study)."""
     d = json.loads(study.user_attrs["spec"])
     d["base"] = config_from_dict(d["base"])
+    # stored with sorted keys: a conditional parameter goes back after the one it depends on
+    plain = {k: v for k, v in d["space"].items() if not (isinstance(v, dict) and "given" in v)}
+    d["space"] = {**plain, **{k: v for k, v in d["space"].items() if k not in plain}}
     return StudySpec(**d)
 
 

@@ -211,3 +211,16 @@ def test_compare_summary_reads_each_repeats_final_incumbent():
     assert s.loc["tpe", "trials_to_best"] == pytest.approx(2.5)  # 3 and 2
     assert s.loc["random", "repeats"] == 1 and math.isnan(s.loc["random", "best_lo"])
     assert s.loc["random", "trials_to_best"] == 1  # 0.607 is within 0.5 points of 0.61
+
+
+def test_a_conditional_spec_reads_back_from_its_study():
+    spec = studies.recipe_studies("smoke")["recipe-tpe-0"]
+
+    class Stored:  # what lib.search keeps in the study (JSON with sorted keys)
+        user_attrs = {"spec": spec.to_json()}
+
+    back = search.study_spec(Stored)
+    names = list(back.space)
+    assert back.space == spec.space and names.index("optimizer") < names.index("lr")
+    p = search.sample_params(spec.space, np.random.default_rng(1))
+    assert search.trial_config(back, p) == search.trial_config(spec, p)
