@@ -916,6 +916,24 @@ def trained_frame(study) -> pd.DataFrame:
     return df[df.number.isin(keep)].reset_index(drop=True)
 
 
+def merge_cases(df: pd.DataFrame, space: dict) -> pd.DataFrame:
+    """A trials frame with one column per conditional hyperparameter of ``space`` (``lr``
+    from ``lr|sgd`` and ``lr|adamw``: each trial has the value of its own case), put
+    where the first case column was; the case columns are dropped."""
+    out = df.copy()
+    for name, spec in space.items():
+        if not (isinstance(spec, dict) and "given" in spec):
+            continue
+        cases = [f"{name}{SEP}{c}" for c in spec["cases"] if f"{name}{SEP}{c}" in out]
+        if not cases:
+            continue
+        merged = out[cases].bfill(axis=1).iloc[:, 0]
+        at = out.columns.get_loc(cases[0])
+        out = out.drop(columns=cases)
+        out.insert(min(at, len(out.columns)), name, merged)
+    return out
+
+
 def per_epoch_frame(spec: StudySpec, trained: pd.DataFrame, runs_dir=None) -> pd.DataFrame:
     """One row per trial and epoch: the epoch's validation accuracy with the trial's
     columns of ``trained`` (:func:`trained_frame`); chapter 7 fits its surrogate on

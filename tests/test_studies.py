@@ -224,3 +224,12 @@ def test_a_conditional_spec_reads_back_from_its_study():
     assert back.space == spec.space and names.index("optimizer") < names.index("lr")
     p = search.sample_params(spec.space, np.random.default_rng(1))
     assert search.trial_config(back, p) == search.trial_config(spec, p)
+
+
+def test_merge_cases_gives_each_trial_its_own_case():
+    df = pd.DataFrame({"number": [0, 1], "optimizer": ["sgd", "adamw"],
+                       "lr|sgd": [5.0, np.nan], "lr|adamw": [np.nan, 1e-3], "x": [1, 2]})
+    m = search.merge_cases(df, SPACE)
+    assert list(m.columns) == ["number", "optimizer", "lr", "x"]
+    assert list(m.lr) == [5.0, 1e-3]
+    assert search.merge_cases(df, {"optimizer": ["sgd"]}).equals(df)  # nothing to merge
