@@ -520,11 +520,12 @@ def sweep_screenshots(name: str, budget: str, runs_dir=None, out=None) -> list[P
 
 #: The HParams table keeps these of a study's hyperparameters: few enough that the
 #: metric's column fits the picture.
-SWEEP_TABLE_COLUMNS = {"lr", "batch_size", "kernel_size", "depth", "widths", "lr|sgd",
-                       "lr|adamw"}
+SWEEP_TABLE_COLUMNS = {"lr", "batch_size", "kernel_size", "depth", "widths", "optimizer",
+                       "block_widths"}
 #: The parallel coordinates leave out these (the figure's caption says so): with every
 #: searched hyperparameter the axes are too close to read at the page's width.
-SWEEP_AXES_LEFT_OUT = {"early_pool", "growth", "convs_per_block"}
+SWEEP_AXES_LEFT_OUT = {"early_pool", "growth", "convs_per_block", "lookahead_every",
+                       "momentum"}
 
 
 def cmd_bench(a) -> None:

@@ -37,7 +37,7 @@ def log_study(spec: search.StudySpec, out: Path, runs_dir=None, wandb: bool = Fa
     per trial in ``out/<study>/wandb/``. Returns that folder; an earlier export is
     replaced."""
     study = search.load_study(spec.name, runs_dir)
-    trained = search.trained_frame(study)
+    trained = search.merge_cases(search.trained_frame(study), spec.space)  # lr, not lr|sgd
     if trained.empty:
         raise search.SearchError(f"study {spec.name} has no trained trial to log; run "
                                  f"`python -m lib sweep --study {spec.name}` first")

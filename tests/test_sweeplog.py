@@ -35,3 +35,25 @@ def test_every_trained_trial_becomes_a_tensorboard_run_with_its_hparams(tmp_path
                                                                           tmp_path)))
     with pytest.raises(search.SearchError, match="no trained trial"):
         sweeplog.log_study(empty, tmp_path / "logs", tmp_path)
+
+
+def test_a_conditional_hyperparameter_is_logged_under_its_own_name(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    space = {"optimizer": ["sgd", "adam"],
+             "lr": {"given": "optimizer", "cases": {
+                 "sgd": {"low": 0.01, "high": 0.3, "log": True},
+                 "adam": {"low": 1e-4, "high": 1e-3, "log": True}}}}
+    spec = search.StudySpec("cond", space, SMOKE, "random", "none", n_trials=3)
+    search.run_study(spec, runs_dir=tmp_path, synthetic=True, log=lambda *a: None)
+    folder = sweeplog.log_study(spec, tmp_path / "logs", tmp_path, log=lambda *a: None)
+    trained = search.trained_frame(search.load_study("cond", tmp_path))
+    for t in trained.to_dict("records"):
+        acc = EventAccumulator(str(folder / f"trial-{t['number']:03d}"))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hp = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        lr = t[f"lr|{t['optimizer']}"]  # Optuna's name for the trial's own case
+        assert hp["optimizer"].string_value == t["optimizer"]
+        assert hp["lr"].number_value == pytest.approx(lr) and "lr|sgd" not in hp
