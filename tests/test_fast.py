@@ -230,8 +230,8 @@ def test_ablation_table_counts_an_epoch_only_when_every_seed_reached_it():
     def run(seed, accs):
         m = pd.DataFrame({"epoch": range(1, len(accs) + 1), "val_acc": accs})
         return SimpleNamespace(summary=dict(test_acc=accs[-1], test_acc_tta=accs[-1] + .01,
-                                            train_time_s=60.0), metrics=m, key=f"k{seed}",
-                               config=SimpleNamespace(seed=seed, holdout=100))
+                                            train_time_s=60.0 * (1 + seed)), metrics=m,
+                               key=f"k{seed}", config=SimpleNamespace(seed=seed, holdout=100))
 
     assert recipe.epochs_to(run(0, [0.5, 0.86, 0.91]).metrics, "val_acc", 0.85) == 2
     rows = [dict(kind="ladder", step=0, name="a", seed=0, run=run(0, [0.5, 0.86, 0.91])),
@@ -242,3 +242,4 @@ def test_ablation_table_counts_an_epoch_only_when_every_seed_reached_it():
     assert t.epochs_to_85.iloc[0] == 2.5            # both seeds reached 85 %
     assert np.isnan(t.epochs_to_90.iloc[0])         # seed 1 never reached 90 %
     assert t.test_acc.iloc[0] == pytest.approx((0.91 + 0.88) / 2)
+    assert t.minutes.iloc[0] == 1.0  # the fastest seed's (seed 1 took 2 minutes)
