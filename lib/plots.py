@@ -797,6 +797,7 @@ def fidelity_scatter(df: pd.DataFrame, table: pd.DataFrame, picked: str | None =
         ax.set_title(f"{row.fidelity}: rho {row.spearman:.2f}, {row.minutes_per_run:.1f} min",
                      fontsize=9, fontweight="bold" if row.fidelity == picked else "normal")
         ax.set_xlabel("validation accuracy, reference")
+        ax.margins(0.15)  # room for the marks at the edges
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
     axes[0][0].set_ylabel("validation accuracy, candidate")
