@@ -934,6 +934,44 @@ def merge_cases(df: pd.DataFrame, space: dict) -> pd.DataFrame:
     return out
 
 
+def merged_trials(trials: list, space: dict) -> list:
+    """Optuna trials with each conditional hyperparameter of ``space`` under its own name
+    (``lr`` for ``lr|sgd`` and ``lr|adamw``), its distribution spanning every case's
+    range (log if any case is), so that importance estimators, which only read the
+    parameters all trials share, see it. A case with one fixed value merges as that
+    value. The other fields of each trial are kept."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    merged = {}
+    for name, spec in space.items():
+        if isinstance(spec, dict) and "given" in spec:
+            leaves = [v for v in spec["cases"].values() if isinstance(v, dict)]
+            fixed = [x for v in spec["cases"].values() if not isinstance(v, dict) for x in v]
+            lo = min([v["low"] for v in leaves] + fixed)
+            hi = max([v["high"] for v in leaves] + fixed)
+            merged[name] = FloatDistribution(lo, hi, log=any(v.get("log") for v in leaves))
+    out = []
+    for t in trials:
+        params, dists = {}, {}
+        for k, v in t.params.items():
+            base = k.split(SEP)[0]
+            if base in merged:
+                params[base], dists[base] = float(v), merged[base]
+            else:
+                params[k], dists[k] = v, t.distributions[k]
+        for base, d in merged.items():  # a fixed case has no Optuna parameter
+            if base not in params:
+                case = t.params.get(space[base]["given"])
+                leaf = space[base]["cases"].get(case)
+                if leaf is not None and not isinstance(leaf, dict):
+                    params[base], dists[base] = float(leaf[0]), d
+        out.append(optuna.trial.create_trial(
+            params=params, distributions=dists, value=t.value, state=t.state,
+            intermediate_values=t.intermediate_values, user_attrs=t.user_attrs))
+    return out
+
+
 def per_epoch_frame(spec: StudySpec, trained: pd.DataFrame, runs_dir=None) -> pd.DataFrame:
     """One row per trial and epoch: the epoch's validation accuracy with the trial's
     columns of ``trained`` (:func:`trained_frame`); chapter 7 fits its surrogate on

@@ -233,3 +233,39 @@ def test_merge_cases_gives_each_trial_its_own_case():
     assert list(m.columns) == ["number", "optimizer", "lr", "x"]
     assert list(m.lr) == [5.0, 1e-3]
     assert search.merge_cases(df, {"optimizer": ["sgd"]}).equals(df)  # nothing to merge
+
+
+def test_merged_trials_give_importance_one_learning_rate():
+    import optuna
+
+    space = {**SPACE, "momentum": {"given": "optimizer", "cases": {
+        "sgd": {"low": 0.6, "high": 0.95}, "adamw": [0.9]}}}
+    st = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        p = search.sample_params(space, rng)
+        st.enqueue_trial(p)
+        t = st.ask()
+        search.suggest_all(t, space)
+        st.tell(t, float(np.log10(p.get("lr|sgd", p.get("lr|adamw")))))
+    m = search.merged_trials(st.trials, space)
+    for t, orig in zip(m, st.trials):
+        case = orig.params["optimizer"]
+        assert t.params["lr"] == orig.params[f"lr|{case}"] and "lr|sgd" not in t.params
+        assert t.params["momentum"] == (orig.params["momentum|sgd"] if case == "sgd" else 0.9)
+        assert t.value == orig.value
+    d = m[0].distributions["lr"]
+    assert (d.low, d.high, d.log) == (1e-4, 20.0, True)
+    imp = optuna.importance.get_param_importances(
+        _study_of(m), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    # the value is log10(lr): lr and the optimiser (whose ranges are disjoint) explain
+    # it, the widths do not
+    assert imp["lr"] + imp["optimizer"] > 0.7 and imp["model.block_widths"] < 0.05
+
+
+def _study_of(trials):
+    import optuna
+
+    st = optuna.create_study(direction="maximize")
+    st.add_trials(trials)
+    return st
