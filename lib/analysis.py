@@ -297,9 +297,15 @@ def supported_rankings(imp: pd.DataFrame) -> list[tuple[str, str, str]]:
     return out
 
 
+def _widths(v) -> list[int]:
+    return [int(x) for x in (v.split("/") if isinstance(v, str) else v)]
+
+
 def feature_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     """Trial parameters as numbers for a surrogate: learning rate, batch size and weight
-    decay as log10, booleans and the optimiser as 0/1 (chapter 7)."""
+    decay as log10, booleans and the optimiser as 0/1 (Adam or AdamW: 1), block widths
+    ("64/128/128") as the number of blocks and log2 of the first width (chapter 7). A
+    conditional parameter must be merged first (:func:`lib.search.merge_cases`)."""
     out = pd.DataFrame(index=df.index)
     for p in params:
         v = df[p]
@@ -307,7 +313,11 @@ def feature_frame(df: pd.DataFrame, params: list[str]) -> pd.DataFrame:
         if p in ("lr", "batch_size", "weight_decay"):
             out[f"log10_{name}"] = np.log10(v.astype(float))
         elif p == "optimizer":
-            out["adam"] = (v == "adam").astype(float)
+            out["adam"] = v.astype(str).str.startswith("adam").astype(float)
+        elif p == "model.block_widths":
+            w = v.map(_widths)
+            out["blocks"] = w.map(len).astype(float)
+            out["log2_width"] = np.log2(w.map(lambda x: x[0]).astype(float))
         else:
             out[name] = v.astype(float)
     return out

@@ -197,3 +197,13 @@ def test_level_counts_and_supported_rankings():
     imp = pd.DataFrame(dict(method="fanova", param=["a", "b", "c"], importance=[0.6, 0.3, 0.1],
                             lo=[0.5, 0.05, 0.0], hi=[0.7, 0.55, 0.2]))
     assert analysis.supported_rankings(imp) == [("fanova", "a", "c")]
+
+
+def test_feature_frame_reads_the_recipe_space():
+    df = pd.DataFrame({"optimizer": ["sgd", "adamw", "adam"], "lr": [10.0, 1e-3, 1e-2],
+                       "model.block_widths": ["64/128/128", (32, 64), "32/64/128/256"],
+                       "model.kernel_size": [3, 5, 3]})
+    X = analysis.feature_frame(df, list(df.columns))
+    assert list(X.adam) == [0, 1, 1] and list(X.log10_lr) == pytest.approx([1, -3, -2])
+    assert list(X.blocks) == [3, 2, 4] and list(X.log2_width) == [6, 5, 5]
+    assert list(X.kernel_size) == [3, 5, 3]
