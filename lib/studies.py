@@ -290,21 +290,29 @@ def fidelity_configs(budget: str = "cpu") -> list[tuple[str, str, Config]]:
     return out
 
 
+def _cached_or_trained(c: Config, ds: Dataset, groups: tuple, runs_dir, train: bool, device,
+                       log, label: str):
+    """The run of ``c`` from the first of ``groups`` that has it, else (with ``train``)
+    trained into the last one, else None; ``log`` gets one line starting ``label``."""
+    from . import runs as R
+
+    run = next((r for g in groups if (r := R.find(c, ds, g, runs_dir)) is not None), None)
+    if log:
+        log(f"{label}: {'cached' if run else 'to train' if train else 'missing'}")
+    if run is None and train:
+        run = R.get(c, ds, groups[-1], runs_dir, device=device)
+    return run
+
+
 def fidelity_runs(ds: Dataset, budget: str = "cpu", runs_dir=None, train: bool = False,
                   device="auto", log=None) -> pd.DataFrame:
     """One row per fidelity-study run (cached ones only unless ``train``): config label,
     fidelity, final validation accuracy, minutes of training, images x epochs."""
-    from . import runs as R
-
     rows = []
     todo = fidelity_configs(budget)
     for i, (label, fid, c) in enumerate(todo, 1):
-        run = R.find(c, ds, "search/fidelity", runs_dir)
-        if log:
-            log(f"[{i}/{len(todo)}] fidelity study: {label} at {fid}: "
-                f"{'cached' if run else 'to train' if train else 'missing'}")
-        if run is None and train:
-            run = R.get(c, ds, "search/fidelity", runs_dir, device=device)
+        run = _cached_or_trained(c, ds, ("search/fidelity",), runs_dir, train, device, log,
+                                 f"[{i}/{len(todo)}] fidelity study: {label} at {fid}")
         if run is None:
             continue
         n = run.summary["train_images"]
@@ -457,7 +465,6 @@ def retrain(ds: Dataset, budget: str = "cpu", k: int | None = None, runs_dir=Non
     accuracy, minutes) with the run itself. A configuration equal to the recipe's
     defaults is read from chapter 5's runs (``runs/recipe``); the others live in
     ``runs/search-best``. Without ``train`` only cached runs are returned."""
-    from . import runs as R
     from .recipe import fast_config
     from .search import load_study, n_trained
 
@@ -471,12 +478,9 @@ def retrain(ds: Dataset, budget: str = "cpu", k: int | None = None, runs_dir=Non
     rows = []
     todo = retrain_plan(study, budget, k)
     for i, (rank, number, value, c) in enumerate(todo, 1):
-        run = R.find(c, ds, "recipe", runs_dir) or R.find(c, ds, "search-best", runs_dir)
-        if log:
-            log(f"[{i}/{len(todo)}] rank {rank} (trial {number}), seed {c.seed}: "
-                f"{'cached' if run else 'to train' if train else 'missing'}")
-        if run is None and train:
-            run = R.get(c, ds, "search-best", runs_dir, device=device)
+        run = _cached_or_trained(c, ds, ("recipe", "search-best"), runs_dir, train, device,
+                                 log, f"[{i}/{len(todo)}] rank {rank} (trial {number}), "
+                                 f"seed {c.seed}")
         if run is None:
             continue
         s = run.summary
