@@ -802,3 +802,29 @@ def fidelity_scatter(df: pd.DataFrame, table: pd.DataFrame, picked: str | None =
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
     axes[0][0].set_ylabel("validation accuracy, candidate")
     return fig
+
+
+def jpeg_trend(table: pd.DataFrame, fits: dict):
+    """What a lossier copy costs (chapter 5): each run's test accuracy against the mean
+    absolute change of the pixels from the offline copy, plain and with TTA; each
+    column's straight line (solid over the measured range, dashed where it is extended
+    to the left) and its value there with the 95 % interval."""
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.7, 3.4), layout="constrained")
+    for (col, fit), c in zip(fits.items(), ("C0", "C1")):
+        label = {"test_acc": "plain", "test_acc_tta": "with TTA"}.get(col, col)
+        ax.plot(table.change, table[col], "o", color=c, label=label, ms=5)
+        if not np.isfinite(fit["slope"]):
+            continue
+        icpt = fit["value"] - fit["slope"] * fit["at"]
+        xs = np.array([0.0, float(table.change.max())])
+        ax.plot(xs, icpt + fit["slope"] * xs, color=c, lw=1.5)
+        ax.plot([fit["at"], 0.0], [fit["value"], icpt], color=c, lw=1.5, ls="--")
+        ax.errorbar([fit["at"]], [fit["value"]], yerr=[[fit["value"] - fit["lo"]],
+                                                       [fit["hi"] - fit["value"]]],
+                    fmt="s", color=c, mfc="white", capsize=4)
+    ax.axvline(0, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("mean absolute change of a pixel from the offline copy (grey levels)")
+    ax.set_ylabel("test accuracy")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.legend(fontsize=8, loc="lower left")
+    return fig

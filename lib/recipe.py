@@ -140,19 +140,71 @@ def leave_one_out_configs(budget: str = "cpu", seed: int = 0) -> list[tuple[str,
 
 def jpeg_runs(ds, budget: str = "cpu", runs_dir=None, train: bool = False) -> list[dict]:
     """The ablations' full recipe on ``ds`` re-encoded at each of :data:`JPEG_QUALITIES`
-    (cached ones only unless ``train``): one dict per (quality, seed) with the run."""
+    (cached ones only unless ``train``): one dict per (quality, seed) with the run and
+    the mean absolute change of the test images' pixels (grey levels) re-encoding made."""
     from . import runs as R
     from .data import reencode_jpeg
 
     out = []
     for q in JPEG_QUALITIES:
         dq = reencode_jpeg(ds, q)  # its fingerprint is part of every run's key
+        change = float(np.abs(dq.x_test.astype(np.int16) - ds.x_test).mean())
         for s in range(JPEG_SEEDS[budget]):
             c = ladder_configs(budget, s)[-1][1]
             run = R.get(c, dq, "recipe-jpeg", runs_dir) if train else \
                 R.find(c, dq, "recipe-jpeg", runs_dir)
-            out.append(dict(quality=q, seed=s, run=run))
+            out.append(dict(quality=q, change=change, seed=s, run=run))
     return out
+
+
+#: How far the offline copy's pixels are from the original images: about 6 grey levels of
+#: mean absolute difference (measured by the copy's provider on 4,000 training images
+#: against a lossless copy; ../shared/data/README.md). Chapter 5's extrapolation uses it.
+COPY_DISTANCE = 6.0
+
+
+def jpeg_table(ds, budget: str = "cpu", runs_dir=None, train: bool = False):
+    """What a lossier copy costs the ablations' full recipe (chapter 5): one row per
+    cached run at the offline copy's own quality (75: the ladder's last step, change 0)
+    and at each of :data:`JPEG_QUALITIES` (:func:`jpeg_runs`), with its plain and TTA
+    test accuracy. Missing runs are left out unless ``train``."""
+    import pandas as pd
+
+    from . import runs as R
+
+    rows = []
+    for s in range(JPEG_SEEDS[budget]):
+        c = ladder_configs(budget, s)[-1][1]
+        run = R.get(c, ds, "recipe-ablation", runs_dir) if train else \
+            R.find(c, ds, "recipe-ablation", runs_dir)
+        rows.append(dict(quality=75, change=0.0, seed=s, run=run))
+    rows += jpeg_runs(ds, budget, runs_dir, train)
+    return pd.DataFrame([{**r, "test_acc": r["run"].summary["test_acc"],
+                          "test_acc_tta": r["run"].summary["test_acc_tta"]}
+                         for r in rows if r["run"] is not None],
+                        columns=["quality", "change", "seed", "run", "test_acc",
+                                 "test_acc_tta"])
+
+
+def jpeg_trend(table, column: str = "test_acc_tta", at: float = -COPY_DISTANCE,
+               level: float = 0.95) -> dict:
+    """A straight line through ``column`` against the pixel change (every run a point,
+    numpy.polyfit with its covariance): the slope (accuracy per grey level of change),
+    and the line's value at ``at`` with a t interval (n - 2 degrees of freedom). At the
+    default ``at`` the line is extended as far below the offline copy as the copy is
+    from the originals: an extrapolation, which the chapter says."""
+    from scipy import stats
+
+    x, y = table.change.to_numpy(float), table[column].to_numpy(float)
+    if len(x) < 3 or len(set(x)) < 2:
+        return dict(slope=float("nan"), at=at, value=float("nan"), lo=float("nan"),
+                    hi=float("nan"), n=len(x))
+    (slope, icpt), cov = np.polyfit(x, y, 1, cov=True)
+    v = np.array([at, 1.0])
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 2)) * float(np.sqrt(v @ cov @ v))
+    value = float(slope * at + icpt)
+    return dict(slope=float(slope), at=at, value=value, lo=value - half, hi=value + half,
+                n=len(x))
 
 
 def recipe_configs(budget: str = "cpu") -> list[Config]:

@@ -243,3 +243,16 @@ def test_ablation_table_counts_an_epoch_only_when_every_seed_reached_it():
     assert np.isnan(t.epochs_to_90.iloc[0])         # seed 1 never reached 90 %
     assert t.test_acc.iloc[0] == pytest.approx((0.91 + 0.88) / 2)
     assert t.minutes.iloc[0] == 1.0  # the fastest seed's (seed 1 took 2 minutes)
+
+
+def test_jpeg_trend_is_numpys_line_with_a_t_interval():
+    import pandas as pd
+
+    t = pd.DataFrame(dict(change=[0.0, 0.0, 5.0, 5.0, 10.0, 10.0],
+                          test_acc=[0.90, 0.92, 0.85, 0.87, 0.80, 0.82]))
+    f = recipe.jpeg_trend(t, "test_acc", at=-5.0)
+    assert f["slope"] == pytest.approx(-0.01) and f["value"] == pytest.approx(0.96)
+    assert f["lo"] < 0.96 < f["hi"] and f["n"] == 6
+    # the interval widens with the distance from the data
+    assert recipe.jpeg_trend(t, "test_acc", at=-20.0)["hi"] - 1.11 > f["hi"] - 0.96
+    assert np.isnan(recipe.jpeg_trend(t.iloc[:2], "test_acc")["value"])  # one change only
