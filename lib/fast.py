@@ -98,10 +98,13 @@ def decoupled_to_torch(lr: float, momentum: float, weight_decay: float,
     """PyTorch SGD's (lr, weight_decay) for a summed loss, from a learning rate and a
     weight decay given per 1,024 examples and independent of the momentum.
 
-    With Nesterov momentum and a steady gradient, a step is ``1 + 1/(1 - momentum)``
-    times the gradient step; dividing by it (and by 1,024) keeps the step's size the
-    same when the momentum or the batch size changes. The decay is applied through
-    PyTorch's coupled ``weight_decay``, so it is divided by the learning rate.
+    The learning rate is divided by 1,024 and by airbench's momentum factor
+    ``1 + 1/(1 - momentum)``, so that the decoupled value changes the step's size in
+    the same proportion whatever the momentum and batch size. (In PyTorch's Nesterov SGD
+    a steady gradient gives steps ``1/(1 - momentum)`` times the gradient step, one less
+    than that factor: the constant is airbench's convention for the units, not the
+    steady-state gain.) The decay is applied through PyTorch's coupled
+    ``weight_decay``, so it is divided by the learning rate.
     """
     scale = 1024 * (1 + 1 / (1 - momentum))
     torch_lr = lr / scale

@@ -190,21 +190,23 @@ def jpeg_trend(table, column: str = "test_acc_tta", at: float = -COPY_DISTANCE,
                level: float = 0.95) -> dict:
     """A straight line through ``column`` against the pixel change (every run a point,
     numpy.polyfit with its covariance): the slope (accuracy per grey level of change),
-    and the line's value at ``at`` with a t interval (n - 2 degrees of freedom). At the
-    default ``at`` the line is extended as far below the offline copy as the copy is
+    the line's value at ``at`` with a t interval (n - 2 degrees of freedom; it assumes
+    the line is the right shape), and the runs' scatter about the line (residual SD). At
+    the default ``at`` the line is extended as far below the offline copy as the copy is
     from the originals: an extrapolation, which the chapter says."""
     from scipy import stats
 
     x, y = table.change.to_numpy(float), table[column].to_numpy(float)
     if len(x) < 3 or len(set(x)) < 2:
         return dict(slope=float("nan"), at=at, value=float("nan"), lo=float("nan"),
-                    hi=float("nan"), n=len(x))
+                    hi=float("nan"), n=len(x), resid_sd=float("nan"))
     (slope, icpt), cov = np.polyfit(x, y, 1, cov=True)
     v = np.array([at, 1.0])
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 2)) * float(np.sqrt(v @ cov @ v))
     value = float(slope * at + icpt)
+    resid = y - (slope * x + icpt)
     return dict(slope=float(slope), at=at, value=value, lo=value - half, hi=value + half,
-                n=len(x))
+                n=len(x), resid_sd=float(np.sqrt((resid ** 2).sum() / (len(x) - 2))))
 
 
 def recipe_configs(budget: str = "cpu") -> list[Config]:
@@ -406,8 +408,8 @@ def contributions(ab, n_test: int = 10_000) -> str:
         d = lad.assign(gain=lad.tta_acc.diff()).iloc[1:]
         d = d[lad.step.diff().iloc[1:] == 1]  # only steps whose previous step is cached
         d = d.sort_values("gain", ascending=False)
-        parts.append("Adding one technique at a time (TTA test accuracy, change from the "
-                     "step before): " + "; ".join(
+        parts.append("Adding one technique or bundle at a time (TTA test accuracy, change from "
+                     "the step before): " + "; ".join(
                          f"{r.name} {r.gain * 100:+.2f} points ({r.seeds} seed"
                          f"{'s' * (r.seeds > 1)})" for r in d.itertuples()) + ".")
     loo = ab[ab.kind == "leave one out"]
@@ -424,6 +426,32 @@ def contributions(ab, n_test: int = 10_000) -> str:
     lo, hi = int(ab.seeds.min()), int(ab.seeds.max())
     seeds = f"{lo}" if lo == hi else f"{lo} to {hi}"
     se = binomial_se(float(ab.tta_acc.mean()), n_test) * 100
-    return " ".join(parts) + (f" With {seeds} seed{'s' * (hi > 1)} per step and a test-set "
-                              f"sampling error of {se:.2f} points, differences below about "
-                              "half a point do not rank the techniques.")
+    noise = seed_noise(ab)
+    text = " ".join(parts) + f" Each step has {seeds} seed{'s' * (hi > 1)}."
+    if noise["df"] > 0:
+        text += (f" The seed-to-seed standard deviation, pooled over the steps, is "
+                 f"{noise['sd'] * 100:.2f} points ({noise['df']} degrees of freedom), so "
+                 f"two steps' means of {lo} seeds differ by up to ±{noise['half'] * 100:.2f} "
+                 "points by chance alone (95 %): smaller differences do not rank the "
+                 "techniques, and a change whose sign differs between the ladder and "
+                 "leave-one-out is one they do not settle.")
+    return text + (f" Each score also carries the test set's sampling error ({se:.2f} "
+                   f"points on {n_test:,} images), shared by every step, since all are "
+                   "scored on the same images.")
+
+
+def seed_noise(ab, level: float = 0.95) -> dict:
+    """The seed-to-seed SD of TTA test accuracy pooled over the steps of
+    :func:`ablation_table` (each step's variance weighted by its seeds minus one), its
+    degrees of freedom, and the half-width of a ``level`` t interval for the difference
+    of two steps' means with the smallest number of seeds."""
+    from scipy import stats
+
+    ok = ab[ab.seeds > 1]
+    df = int((ok.seeds - 1).sum())
+    if df == 0:
+        return dict(sd=float("nan"), df=0, half=float("nan"))
+    sd = float(np.sqrt(((ok.seeds - 1) * ok.tta_acc_sd ** 2).sum() / df))
+    k = int(ok.seeds.min())
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * sd * np.sqrt(2 / k)
+    return dict(sd=sd, df=df, half=half)

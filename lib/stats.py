@@ -62,16 +62,35 @@ def welch_ci(a, b, level: float = 0.95) -> dict:
     return dict(d=d, lo=float(ci.low), hi=float(ci.high), p=float(t.pvalue))
 
 
-def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B") -> str:
-    """B against A in words: the difference of the means with its 95 % CI (Welch), and
-    whether it is below the test set's sampling error at these accuracies."""
+def paired_ci(a, b, level: float = 0.95) -> dict:
+    """Mean of ``b - a`` over pairs (the same runs scored two ways) with the paired t
+    interval (scipy.stats.ttest_rel); nan bounds with fewer than 2 pairs or no spread."""
+    from scipy import stats
+
     a, b = np.asarray(a, float), np.asarray(b, float)
-    w = welch_ci(a, b)
+    if a.shape != b.shape:
+        raise ValueError("paired_ci needs as many values on each side, in pairs")
+    d = float((b - a).mean())
+    if len(a) < 2 or np.ptp(b - a) == 0:
+        return dict(d=d, lo=float("nan"), hi=float("nan"), p=float("nan"))
+    t = stats.ttest_rel(b, a)
+    ci = t.confidence_interval(level)
+    return dict(d=d, lo=float(ci.low), hi=float(ci.high), p=float(t.pvalue))
+
+
+def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B",
+               paired: bool = False) -> str:
+    """B against A in words: the difference of the means with its 95 % CI (Welch's, or
+    the paired t interval when ``paired``: the same runs scored two ways), and whether
+    it is below the test set's sampling error at these accuracies."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    w = paired_ci(a, b) if paired else welch_ci(a, b)
     d = w["d"]
     se_test = binomial_se(float((a.mean() + b.mean()) / 2), n_test)
     text = f"{name_b} minus {name_a}: {d * 100:+.2f} points"
     if math.isfinite(w["lo"]):
-        text += f" (95 % CI {w['lo'] * 100:+.2f} to {w['hi'] * 100:+.2f}, Welch)"
+        text += (f" (95 % CI {w['lo'] * 100:+.2f} to {w['hi'] * 100:+.2f}, "
+                 f"{'paired t' if paired else 'Welch'})")
     if abs(d) < se_test:
         text += (f"; smaller than the test set's own sampling error ({se_test * 100:.2f} "
                  f"points on {n_test:,} images)")

@@ -256,3 +256,16 @@ def test_jpeg_trend_is_numpys_line_with_a_t_interval():
     # the interval widens with the distance from the data
     assert recipe.jpeg_trend(t, "test_acc", at=-20.0)["hi"] - 1.11 > f["hi"] - 0.96
     assert np.isnan(recipe.jpeg_trend(t.iloc[:2], "test_acc")["value"])  # one change only
+
+
+def test_seed_noise_pools_the_steps_variances():
+    import pandas as pd
+    from scipy import stats as st
+
+    ab = pd.DataFrame(dict(seeds=[2, 2, 3, 1], tta_acc_sd=[0.001, 0.003, 0.002, np.nan],
+                           tta_acc=[0.88, 0.89, 0.87, 0.86]))
+    n = recipe.seed_noise(ab)
+    assert n["df"] == 1 + 1 + 2  # the one-seed step adds nothing
+    sd = np.sqrt((0.001**2 + 0.003**2 + 2 * 0.002**2) / 4)
+    assert n["sd"] == pytest.approx(sd)
+    assert n["half"] == pytest.approx(st.t.ppf(0.975, 4) * sd * np.sqrt(2 / 2))

@@ -60,3 +60,16 @@ def test_welch_ci_is_scipys():
     assert w["d"] == pytest.approx(np.mean(b) - np.mean(a))
     assert (w["lo"], w["hi"]) == pytest.approx((ci.low, ci.high))
     assert math.isnan(stats.welch_ci([0.5], [0.6, 0.7])["lo"])
+
+
+def test_paired_ci_is_scipys_ttest_rel():
+    from scipy import stats as st
+
+    a, b = [0.894, 0.897, 0.898], [0.905, 0.907, 0.908]
+    w = stats.paired_ci(a, b)
+    ci = st.ttest_rel(b, a).confidence_interval(0.95)
+    assert w["d"] == pytest.approx(np.mean(b) - np.mean(a))
+    assert (w["lo"], w["hi"]) == pytest.approx((ci.low, ci.high))
+    assert "paired t" in stats.difference(a, b, 10_000, paired=True)
+    with pytest.raises(ValueError, match="pairs"):
+        stats.paired_ci([0.1, 0.2], [0.3])
