@@ -187,7 +187,7 @@ FIDELITY_N_CONFIGS = {"smoke": 3, "cpu": 8, "gpu": 10}
 FIDELITY_MIN_SPEARMAN = 0.8
 #: The fidelity the main study uses; `python -m lib sweep --study recipe-main` refuses
 #: to start unless the fidelity study's rule picks the same one (chapter 6 shows both).
-RECIPE_FIDELITY = {"smoke": "small", "cpu": "10k x 5", "gpu": "20k x 10"}
+RECIPE_FIDELITY = {"smoke": "small", "cpu": "10k x 10", "gpu": "20k x 10"}
 #: The cheap fidelity of the TPE-against-random repeats, and their size.
 COMPARE_FIDELITY = {"smoke": "small", "cpu": "5k x 5", "gpu": "10k x 10"}
 COMPARE_REPEATS = {"smoke": 2, "cpu": 3, "gpu": 5}
