@@ -51,6 +51,13 @@ def class_counts(ds: Dataset) -> pd.DataFrame:
                         index=pd.Index(CLASSES, name="class"))
 
 
+def count_range(counts) -> str:
+    """Counts per class in words, for the prose: "exactly 5,000" when all are equal,
+    else "4,990 to 5,010" (chapter 2)."""
+    lo, hi = int(np.min(counts)), int(np.max(counts))
+    return f"exactly {lo:,}" if lo == hi else f"{lo:,} to {hi:,}"
+
+
 def batch_counts(ds: Dataset) -> pd.DataFrame:
     """Images per class in each 10,000-image block of the training set (rows: classes).
 

@@ -15,6 +15,11 @@ def test_counts_and_order(synth):
     assert list(bc.columns) == ["batch 1", "batch 2"] and (bc.values == 1000).all()
 
 
+def test_count_range_words():
+    assert analysis.count_range([5000] * 10) == "exactly 5,000"
+    assert analysis.count_range(pd.Series([990, 1010, 1000])) == "990 to 1,010"
+
+
 def test_image_stats(synth):
     st = analysis.image_stats(synth.x_train, synth.y_train, chunk=64)
     assert len(st) == len(synth.y_train)
