@@ -192,7 +192,7 @@ RECIPE_FIDELITY = {"smoke": "small", "cpu": "10k x 10", "gpu": "20k x 10"}
 COMPARE_FIDELITY = {"smoke": "small", "cpu": "5k x 5", "gpu": "10k x 10"}
 COMPARE_REPEATS = {"smoke": 2, "cpu": 3, "gpu": 5}
 COMPARE_TRIALS = {"smoke": 4, "cpu": 20, "gpu": 40}
-RECIPE_TRIALS = {"smoke": 6, "cpu": 60, "gpu": 200}
+RECIPE_TRIALS = {"smoke": 6, "cpu": 40, "gpu": 200}
 
 
 def recipe_base(budget: str, fidelity: str) -> Config:
