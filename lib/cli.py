@@ -285,7 +285,8 @@ def cmd_book(a) -> None:
     if a.only:
         nbs = [p for p in nbs if any(p.name.startswith(o) for o in a.only)]
         if not nbs:
-            raise UserError(f"--only {a.only} matches no chapter of _toc.yml")
+            raise UserError(f"--only {a.only} matches no chapter of _toc.yml; chapters: "
+                            f"{', '.join(p.stem for p in chapters())}")
     params = {k: v for k, v in dict(budget=a.budget, device=a.device, data_dir=a.data_dir,
                                     runs_dir=a.runs_dir).items() if v is not None}
     check_params(params)

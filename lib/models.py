@@ -6,6 +6,7 @@ Introduced in chapter 1 (a small CNN whose filters we look at) and chapter 3
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -100,6 +101,9 @@ def check_model_config(c: ModelConfig) -> None:
         bad("convs_per_block", c.convs_per_block, ">= 1")
     if not 0 <= c.dropout < 1:
         bad("dropout", c.dropout, "0 <= dropout < 1")
+    for name in ("hidden", "block_widths"):  # whole numbers only: [1.5] is not [1]
+        if not all(_whole(v) for v in getattr(c, name)):
+            bad(name, getattr(c, name), "a list of positive integers")
     if any(int(h) < 1 for h in c.hidden):
         bad("hidden", c.hidden, "positive layer sizes")
     if c.block_widths and (len(c.block_widths) != c.depth
@@ -109,10 +113,12 @@ def check_model_config(c: ModelConfig) -> None:
         bad("global_pool", c.global_pool, POOLS)
     if not 0 < c.bn_momentum <= 1:
         bad("bn_momentum", c.bn_momentum, "0 < bn_momentum <= 1")
-    if not (c.head_scale > 0 and np.isfinite(c.head_scale)):
+    if not (c.head_scale > 0 and math.isfinite(c.head_scale)):
         bad("head_scale", c.head_scale, "> 0")
     if c.kind == "mlp" and (c.whiten or c.dirac_init):
         bad("whiten" if c.whiten else "dirac_init", True, "False for an MLP (conv options)")
+    if c.n_classes < 2:
+        bad("n_classes", c.n_classes, ">= 2 (CIFAR-10: 10)")
     if (c.bn_frozen_scale or c.bn_momentum != 0.1) and not c.batch_norm:
         bad("bn_frozen_scale" if c.bn_frozen_scale else "bn_momentum",
             c.bn_frozen_scale or c.bn_momentum, "its default unless batch_norm=True")
@@ -130,10 +136,18 @@ def model_config(**overrides) -> ModelConfig:
         raise ConfigError(
             f"unknown model option(s) {sorted(unknown)}; known: {sorted(known)}"
         )
-    for name in ("hidden", "block_widths"):
-        if name in overrides:
-            overrides[name] = tuple(int(h) for h in overrides[name])
+    for name in ("hidden", "block_widths"):  # a list of whole numbers -> a tuple of ints;
+        v = overrides.get(name)  # anything else is left for the checks to name
+        if isinstance(v, (list, tuple)) and all(_whole(h) for h in v):
+            overrides[name] = tuple(int(h) for h in v)
     return ModelConfig(**overrides)
+
+
+def _whole(v) -> bool:
+    """An integer (numpy's too), not a bool and not a float."""
+    import numbers
+
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 class CNN(nn.Module):

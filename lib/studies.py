@@ -327,8 +327,10 @@ def fidelity_table(df: pd.DataFrame, budget: str = "cpu") -> pd.DataFrame:
     """Per candidate fidelity: the Spearman rank correlation of its validation accuracy
     with the reference's over the configurations run at both (scipy.stats.spearmanr),
     how many, and the mean minutes of a run: what the rule of :func:`pick_fidelity`
-    reads."""
+    reads, with its approximate 95 % interval (:func:`lib.stats.spearman_ci`)."""
     from scipy.stats import spearmanr
+
+    from .stats import spearman_ci
 
     wide = df.pivot_table(index="config", columns="fidelity", values="val_acc")
     mins = df.groupby("fidelity").minutes.mean()
@@ -339,7 +341,9 @@ def fidelity_table(df: pd.DataFrame, budget: str = "cpu") -> pd.DataFrame:
         both = wide[[fid, "reference"]].dropna()
         rho = spearmanr(both[fid], both["reference"]).statistic if len(both) > 2 \
             else float("nan")
-        rows.append(dict(fidelity=fid, spearman=float(rho), configs=len(both),
+        ci = spearman_ci(both[fid], both["reference"])
+        rows.append(dict(fidelity=fid, spearman=float(rho), rho_lo=ci["lo"], rho_hi=ci["hi"],
+                         configs=len(both),
                          minutes_per_run=float(mins[fid]),
                          cost_vs_reference=float(mins[fid] / mins["reference"])))
     return pd.DataFrame(rows)

@@ -145,12 +145,17 @@ def check_config(c: Config) -> None:
         bad("tta", c.tta, f"{sorted(TTA_LEVELS)} ({', '.join(TTA_LEVELS.values())})")
     if c.model.kind == "mlp" and c.tta:
         bad("tta", c.tta, "0 for an MLP")
-    if c.threads < 0:
-        bad("threads", c.threads, "0 (torch's default) or >= 1")
+    if not 0 <= c.threads <= MAX_THREADS:
+        bad("threads", c.threads, f"0 (torch's default) or 1..{MAX_THREADS}")
+    if not 0 <= c.seed < 2**32:
+        bad("seed", c.seed, "0 <= seed < 2**32")
     if c.final_test and not c.holdout:
         bad("final_test", c.final_test, "False unless holdout > 0 (without it the "
             "evaluation split is the test set already)")
 
+
+#: The most CPU threads a config may pin (more only exhausts the OpenMP runtime).
+MAX_THREADS = 1024
 
 #: Python types of the fields' annotations (``from __future__ import annotations``
 #: keeps them as strings).
@@ -174,6 +179,11 @@ def check_types(obj) -> None:
             ok = False  # True is an int in Python, never an epoch count
         if isinstance(value, float) and not math.isfinite(value):
             ok = False
+        if ok and "float" in names and isinstance(value, int) and not isinstance(value, bool):
+            try:  # an integer too large for a float (lr=10**400) is no number to train with
+                float(value)
+            except OverflowError:
+                ok = False
         if not ok:
             want = " or ".join("a finite number" if t == "float" else
                                {"int": "an integer", "bool": "true/false", "str": "a string",
@@ -188,9 +198,13 @@ def make_config(base: Config | None = None, **overrides) -> Config:
     """
     base = base or Config()
     known = {f.name for f in fields(Config)}
-    model_over = dict(overrides.pop("model", {}) or {})
+    model_over = overrides.pop("model", {}) or {}
     if isinstance(model_over, ModelConfig):
         model_over = asdict(model_over)
+    if not isinstance(model_over, dict):
+        raise ConfigError(f"option model={model_over!r} has the wrong type; set model "
+                          "fields one by one (model.depth=4) or give a mapping")
+    model_over = dict(model_over)
     for k in [k for k in overrides if k.startswith("model.")]:
         model_over[k[len("model."):]] = overrides.pop(k)
     unknown = set(overrides) - known
@@ -533,6 +547,14 @@ def prepare_data(c: Config, ds: Dataset) -> tuple[Dataset, str]:
     ``holdout`` a validation split held out of the training set ("val"), else the
     test set ("test"); then the config's stratified slices."""
     ev = "val" if c.holdout else "test"
+    n = len(ds.y_train)
+    if c.holdout and not c.holdout < n:
+        raise ConfigError(f"option holdout={c.holdout} is invalid for {n} training images; "
+                          f"allowed: 0 (none) or 1..{n - 1}")
+    classes = int(max(ds.y_train.max(initial=0), ds.y_test.max(initial=0))) + 1
+    if c.model.n_classes < classes:
+        raise ConfigError(f"model option n_classes={c.model.n_classes} is fewer than the "
+                          f"data's {classes} classes")
     if c.holdout:
         ds = holdout_split(ds, c.holdout)
     if c.n_train is not None or c.n_test is not None:

@@ -115,3 +115,61 @@ def test_links_outside_the_wandb_folder_are_dropped(tmp_path):
     gone = track.drop_outside_links(wb)
     assert gone == [wb / "run" / "logs" / "core.log"]
     assert (wb / "debug.log").is_symlink() and not (wb / "run" / "logs" / "core.log").exists()
+
+
+def test_tensorboard_http_api_shows_our_scalars_histograms_and_hparams(tmp_path, synth,
+                                                                        tiny_config):
+    """TensorBoard itself (its HTTP API, as the browser reads it) serves what we log."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    run = runs.get(tiny_config, synth, "g", tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("tensorboard")
+    proc = subprocess.Popen([str(exe), "--logdir", str(run.tb_dir), "--host", "127.0.0.1",
+                             "--port", str(port), "--load_fast", "false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def get(path, body=None):
+        headers = {"X-XSRF-Protected": "1", "Content-Type": "application/json"} if body else {}
+        req = urllib.request.Request(url + path, headers=headers,
+                                     data=json.dumps(body).encode() if body else None)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    try:
+        deadline = time.time() + 120
+        while True:  # TensorBoard loads the event files in the background
+            assert proc.poll() is None, "tensorboard exited"
+            assert time.time() < deadline, "tensorboard never showed the run's scalars"
+            try:
+                scalars = get("/data/plugin/scalars/tags").get(".", {})
+            except OSError:
+                scalars = {}
+            if "final/test_acc" in scalars:
+                break
+            time.sleep(0.5)
+        assert {"loss/train", "accuracy/test", "lr"} <= set(scalars)
+        curve = get("/data/plugin/scalars/scalars?run=.&tag=accuracy/test")
+        assert [step for _, step, _ in curve] == list(range(1, tiny_config.epochs + 1))
+        assert abs(curve[-1][2] - run.summary["test_acc"]) < 1e-6
+        hists = set(get("/data/plugin/histograms/tags").get(".", {}))
+        assert {f"weights/{n}" for n in run.weights.layer.unique()} <= hists
+        groups = get("/data/plugin/hparams/session_groups", {
+            "experimentName": "", "colParams": [], "startIndex": 0, "sliceSize": 10,
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                "STATUS_RUNNING"]})["sessionGroups"]
+        assert len(groups) == 1
+        assert groups[0]["hparams"]["lr"] == tiny_config.lr
+        assert groups[0]["hparams"]["model.width"] == tiny_config.model.width
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

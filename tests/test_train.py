@@ -13,6 +13,7 @@ def test_same_seed_same_metrics(synth, tiny_config):
     b = train.fit(tiny_config, synth, device="cpu", progress=False)
     assert a.history[-1]["test_acc"] == b.history[-1]["test_acc"]
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    assert np.array_equal(a.test_logits, b.test_logits)  # bit-identical, not just close
     c = train.fit(train.make_config(tiny_config, seed=1), synth, device="cpu", progress=False)
     assert [r["train_loss"] for r in a.history] != [r["train_loss"] for r in c.history]
 
