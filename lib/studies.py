@@ -192,7 +192,7 @@ RECIPE_FIDELITY = {"smoke": "small", "cpu": "10k x 10", "gpu": "20k x 10"}
 COMPARE_FIDELITY = {"smoke": "small", "cpu": "5k x 5", "gpu": "10k x 10"}
 COMPARE_REPEATS = {"smoke": 2, "cpu": 3, "gpu": 5}
 COMPARE_TRIALS = {"smoke": 4, "cpu": 20, "gpu": 40}
-RECIPE_TRIALS = {"smoke": 6, "cpu": 40, "gpu": 200}
+RECIPE_TRIALS = {"smoke": 6, "cpu": 60, "gpu": 200}
 
 
 def recipe_base(budget: str, fidelity: str) -> Config:
@@ -537,3 +537,137 @@ def retrain_table(rt: pd.DataFrame) -> pd.DataFrame:
                          params=int(g.n_params.iloc[0]),
                          is_default=bool(g.is_default.iloc[0])))
     return pd.DataFrame(rows).set_index("rank")
+
+
+# --------------------------------------------------------------------------
+# what chapter 6 reads of the search around the recipe
+# --------------------------------------------------------------------------
+def recipe_study(name: str, ds: Dataset, budget: str = "cpu", runs_dir=None,
+                 device="auto"):
+    """A study of the search around the recipe as a chapter reads it: at the smoke budget
+    run (or finished) first, since a smoke run is seconds on synthetic data; at the other
+    budgets as it stands in the cache (`make sweep` trains it, and chapter 6 says how far
+    it got), or None when it is not there."""
+    from . import search
+
+    spec = recipe_studies(budget)[name]
+    if budget == "smoke":
+        return search.ensure(spec, ds, runs_dir, device)
+    try:
+        return search.load_study(name, runs_dir)
+    except SearchError:
+        return None
+
+
+def compare_verdict(summary: pd.DataFrame, n_val: int) -> dict:
+    """TPE against random search (:func:`compare_summary`): TPE's mean best minus random
+    search's with Welch's 95 % interval over the repeats, and the yardstick of one
+    validation score, its binomial standard error on the ``n_val`` validation images at
+    the accuracy reached (the standard error of a difference of two is sqrt 2 times it)."""
+    from .stats import binomial_se, welch_ci
+
+    w = welch_ci(summary.loc["random", "finals"], summary.loc["tpe", "finals"])
+    se = binomial_se(float(summary.best_mean.mean()), n_val)
+    return dict(**w, se=se, se_diff=math.sqrt(2) * se,
+                below_se=abs(w["d"]) < math.sqrt(2) * se)
+
+
+def trials_table(trained: pd.DataFrame, space: dict) -> pd.DataFrame:
+    """A study's trained trials as chapter 6 prints them, best first: number, state,
+    value, epochs, the hyperparameters in one column (so that the table fits the page),
+    compute (millions of multiply-accumulates per image) and minutes of training."""
+    from .search import merge_cases
+
+    t = merge_cases(trained, space).sort_values("value", ascending=False)
+    hp = [n for n in space if n in t]
+
+    def setting(r) -> str:
+        return ", ".join(f"{n.removeprefix('model.')} {v:.3g}" if isinstance(v, float)
+                         else f"{n.removeprefix('model.')} {v}" for n, v in r.items()
+                         if v == v and v is not None)
+
+    return pd.DataFrame({"trial": t.number, "state": t.state, "value": t.value,
+                         "epochs": t.epochs_run.astype(int), "setting": t[hp].apply(
+                             setting, axis=1), "MMACs": t.macs / 1e6,
+                         "minutes": t.train_time_s / 60}).reset_index(drop=True)
+
+
+def default_runs(ds: Dataset, budget: str = "cpu", runs_dir=None) -> list:
+    """Chapter 5's runs of the recipe's defaults (every seed found in ``runs/recipe``):
+    what the search's choice is measured against, at the same budget."""
+    from . import runs as R
+    from .recipe import recipe_configs
+
+    found = [R.find(c, ds, "recipe", runs_dir) for c in recipe_configs(budget)]
+    return [r for r in found if r is not None]
+
+
+def retrain_status(study, budget: str, rt: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration the re-training needs (:func:`retrain_plan`): its rank, trial,
+    validation accuracy in the search, architecture and optimiser, and how many of its
+    seeds are cached in ``rt`` (:func:`retrain`) out of how many wanted."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows = {}
+    for rank, number, value, c in retrain_plan(study, budget):
+        p = trials[number].params
+        r = rows.setdefault(rank, dict(
+            rank=rank, trial=number, val_acc=value,
+            architecture=f"{p['model.block_widths']}, {p['model.convs_per_block']} conv(s) "
+                         f"a block, {p['model.kernel_size']}x{p['model.kernel_size']}",
+            optimizer=p["optimizer"], wanted=0, cached=0))
+        r["wanted"] += 1
+        r["cached"] += int(len(rt) > 0 and ((rt["rank"] == rank) & (rt.seed == c.seed)).any())
+    return pd.DataFrame(list(rows.values())).set_index("rank")
+
+
+def twin_runs(trained: pd.DataFrame, runs_dir=None) -> pd.DataFrame:
+    """Trials of the main study whose run (same cache key: same configuration, seed and
+    data) the fidelity study also trained, in another session: both validation
+    accuracies and the machine of each (CPU flags, autocast dtype), a measure of how
+    far the same run moves from one machine to another."""
+    from . import runs as R
+
+    root = R.runs_root(runs_dir) / "search"
+    rows = []
+    for t in trained.itertuples():
+        if not (root / "fidelity" / t.key).is_dir():
+            continue
+        a, b = (R.read_run(root / g / t.key).summary for g in ("fidelity", "recipe-main"))
+        rows.append(dict(trial=int(t.number), key=t.key, val_fidelity=a["val_acc"],
+                         val_main=b["val_acc"], machine_fidelity=_machine(a),
+                         machine_main=_machine(b)))
+    return pd.DataFrame(rows)
+
+
+def _machine(summary: dict) -> str:
+    """A run's machine in a few words: its CPU's widest vector and bf16 features, and the
+    dtype training autocast to."""
+    flags = set(summary.get("cpu_flags", "").split())
+    kind = ("AMX" if "amx_bf16" in flags else "AVX-512 bf16" if "avx512_bf16" in flags
+            else "AVX-512" if "avx512f" in flags else "AVX2")
+    return f"{summary.get('device', 'cpu')}, {kind}, {summary.get('amp_dtype') or 'float32'}"
+
+
+def best_setup_answer(ds: Dataset, budget: str = "cpu", runs_dir=None) -> tuple[str, str]:
+    """The book's best setup (chapter 6, section 6.7) in two phrases, for the answer
+    table of chapter 7: what it is and how it scores, and its uncertainty against the
+    recipe's defaults; until every re-training run is cached, says so instead."""
+    from .stats import difference, fmt
+
+    study = recipe_study("recipe-main", ds, budget, runs_dir)
+    if study is None:
+        return ("not named yet: the search around the recipe is not in the cache", "-")
+    rt = retrain(ds, budget, runs_dir=runs_dir)
+    status = retrain_status(study, budget, rt)
+    defaults = default_runs(ds, budget, runs_dir)
+    if (status.cached < status.wanted).any() or not defaults:
+        return (f"not named yet: {int(status.cached.sum())} of {int(status.wanted.sum())} "
+                "re-training runs of the main study's choices are cached", "-")
+    first, top = rt[rt["rank"] == 1], status.loc[1]
+    n_test = int(first.run.iloc[0].summary["test_images"])  # the test images it scored
+    dflt = [r.summary["test_acc"] for r in defaults]
+    return (f"trial {int(top.trial)} of the search around the recipe ({top.architecture}, "
+            f"{top.optimizer}): test {fmt(first.test_acc)}, with test-time augmentation "
+            f"{fmt(first.test_acc_tta.astype(float))}",
+            difference(dflt, first.test_acc, n_test, "the recipe's defaults",
+                       "the best setup"))

@@ -187,7 +187,16 @@ def test_retrain_reuses_the_recipe_and_refuses_an_unfinished_study(tmp_path):
     default = studies.retrain_configs(search.encode(studies._space("smoke"),
                                                     studies._enqueued("smoke")[0]), "smoke")
     assert [c.epochs for c in default] == [fast_config("smoke").epochs]
+    study = search.load_study("recipe-main", tmp_path)
+    before = studies.retrain_status(study, "smoke", studies.retrain(ds, "smoke",
+                                                                    runs_dir=tmp_path))
+    assert (before.cached == 0).all() and (before.wanted == 1).all()  # smoke: 1 seed
+    answer, _ = studies.best_setup_answer(ds, "smoke", tmp_path)
+    assert answer.startswith("not named yet: 0 of 2 re-training runs")
     rt = studies.retrain(ds, "smoke", runs_dir=tmp_path, train=True)
+    after = studies.retrain_status(study, "smoke", rt)
+    assert (after.cached == after.wanted).all() and list(after.trial) == list(
+        rt.drop_duplicates("rank").trial)
     top = studies.top_distinct(search.load_study("recipe-main", tmp_path),
                                studies.RECIPE_RETRAIN_K["smoke"])
     assert list(rt.trial.unique()) == list(top.number)  # best validation first
@@ -198,6 +207,11 @@ def test_retrain_reuses_the_recipe_and_refuses_an_unfinished_study(tmp_path):
     assert list(again.key) == list(rt.key)
     assert all(runs.find(r.config, ds, "search-best", tmp_path) or r.config ==
                fast_config("smoke", seed=r.config.seed) for r in rt.run)
+    # the best setup is named only beside the recipe's defaults (chapter 5's runs)
+    runs.get(fast_config("smoke"), ds, "recipe", tmp_path)
+    answer, uncertainty = studies.best_setup_answer(ds, "smoke", tmp_path)
+    assert answer.startswith(f"trial {int(after.trial.iloc[0])} of the search around")
+    assert "minus the recipe's defaults" in uncertainty
 
 
 def test_compare_summary_reads_each_repeats_final_incumbent():
@@ -269,3 +283,37 @@ def _study_of(trials):
     st = optuna.create_study(direction="maximize")
     st.add_trials(trials)
     return st
+
+
+def test_compare_verdict_measures_the_difference_against_the_validation_noise():
+    df = pd.DataFrame(dict(sampler=["tpe"] * 6 + ["random"] * 6, repeat=[0, 0, 1, 1, 2, 2] * 2,
+                           index=[1, 2] * 6,
+                           incumbent=[.60, .70, .60, .71, .60, .69, .60, .68, .60, .70, .60,
+                                      .66]))
+    v = studies.compare_verdict(studies.compare_summary(df), n_val=5_000)
+    assert v["d"] == pytest.approx(0.70 - 0.68)
+    assert v["se"] == pytest.approx(math.sqrt(0.69 * 0.31 / 5_000))
+    assert v["se_diff"] == pytest.approx(math.sqrt(2) * v["se"])
+    assert v["lo"] < v["d"] < v["hi"] and v["below_se"] is False  # 2 points > 0.92
+
+
+def test_trials_table_puts_each_trials_own_case_in_one_column():
+    df = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE", "PRUNED"], "value": [.7, .8],
+                       "epochs_run": [10, 3], "optimizer": ["sgd", "adamw"],
+                       "lr|sgd": [5.0, np.nan], "lr|adamw": [np.nan, 1e-3],
+                       "model.block_widths": ["64/128", "64/128"], "macs": [1e8, 2e8],
+                       "train_time_s": [60.0, 30.0]})
+    t = studies.trials_table(df, SPACE)
+    assert list(t.trial) == [1, 0]  # best first
+    assert t.setting.tolist() == ["optimizer adamw, lr 0.001, block_widths 64/128",
+                                  "optimizer sgd, lr 5, block_widths 64/128"]
+    assert t.MMACs.tolist() == [200, 100] and t.minutes.tolist() == [0.5, 1.0]
+
+
+def test_machine_names_the_widest_bf16_feature_and_the_dtype():
+    m = studies._machine
+    assert m({"cpu_flags": "avx2 fma avx512f avx512_bf16 amx_bf16", "device": "cpu",
+              "amp_dtype": "bfloat16"}) == "cpu, AMX, bfloat16"
+    assert m({"cpu_flags": "avx2 avx512f avx512_bf16", "amp_dtype": "bfloat16"}) \
+        == "cpu, AVX-512 bf16, bfloat16"
+    assert m({"cpu_flags": "avx2 fma", "amp_dtype": "float32"}) == "cpu, AVX2, float32"
