@@ -572,6 +572,14 @@ def compare_verdict(summary: pd.DataFrame, n_val: int) -> dict:
                 below_se=abs(w["d"]) < math.sqrt(2) * se)
 
 
+#: Short names of hyperparameters in a trials table's setting column (empty: the value
+#: alone says what it is, as "adamw" or "64/256/256" do).
+SHORT_NAMES = {"optimizer": "", "momentum": "mom", "weight_decay": "wd",
+               "batch_size": "batch", "label_smoothing": "LS", "lookahead_every": "LA",
+               "model.block_widths": "", "model.convs_per_block": "convs",
+               "model.kernel_size": "k"}
+
+
 def trials_table(trained: pd.DataFrame, space: dict) -> pd.DataFrame:
     """A study's trained trials as chapter 6 prints them, best first: number, state,
     value, epochs, the hyperparameters in one column (so that the table fits the page),
@@ -582,9 +590,12 @@ def trials_table(trained: pd.DataFrame, space: dict) -> pd.DataFrame:
     hp = [n for n in space if n in t]
 
     def setting(r) -> str:
-        return ", ".join(f"{n.removeprefix('model.')} {v:.3g}" if isinstance(v, float)
-                         else f"{n.removeprefix('model.')} {v}" for n, v in r.items()
-                         if v == v and v is not None)
+        def one(n, v):
+            short = SHORT_NAMES.get(n, n.removeprefix("model."))
+            v = f"{v:.3g}" if isinstance(v, float) else v
+            return f"{short} {v}" if short else str(v)
+
+        return ", ".join(one(n, v) for n, v in r.items() if v == v and v is not None)
 
     return pd.DataFrame({"trial": t.number, "state": t.state, "value": t.value,
                          "epochs": t.epochs_run.astype(int), "setting": t[hp].apply(

@@ -305,8 +305,7 @@ def test_trials_table_puts_each_trials_own_case_in_one_column():
                        "train_time_s": [60.0, 30.0]})
     t = studies.trials_table(df, SPACE)
     assert list(t.trial) == [1, 0]  # best first
-    assert t.setting.tolist() == ["optimizer adamw, lr 0.001, block_widths 64/128",
-                                  "optimizer sgd, lr 5, block_widths 64/128"]
+    assert t.setting.tolist() == ["adamw, lr 0.001, 64/128", "sgd, lr 5, 64/128"]
     assert t.MMACs.tolist() == [200, 100] and t.minutes.tolist() == [0.5, 1.0]
 
 
