@@ -459,9 +459,12 @@ LONG_RUN = ["train", "--synthetic", "--set", "epochs=500", "--set", "model.width
 def test_ctrl_c_keeps_finished_runs_and_leaves_no_folder(tmp_path, sig):
     finished = runs.get(make_config(SMOKE, holdout=0, epochs=1), data.synthetic(128, 64),
                         "cli", tmp_path)
+    # as from a terminal: a shell starts background jobs with SIGINT ignored, and a test
+    # run from one (nohup pytest &) would otherwise hand that on to the command
     proc = subprocess.Popen([sys.executable, "-m", "lib", *LONG_RUN, "--runs-dir",
                              str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not list((tmp_path / runs.TMP).glob("*/tb/events.*")):
