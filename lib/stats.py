@@ -107,6 +107,14 @@ def spearman_ci(x, y, level: float = 0.95) -> dict:
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = int(len(x))
     rho = float(stats.spearmanr(x, y).statistic) if n >= 3 else float("nan")
+    return rho_interval(rho, n, level)
+
+
+def rho_interval(rho: float, n: int, level: float = 0.95) -> dict:
+    """The interval of :func:`spearman_ci` for a rank correlation ``rho`` over ``n``
+    pairs already computed; nan bounds below 5 pairs."""
+    from scipy import stats
+
     if n < 5 or not math.isfinite(rho):
         return dict(rho=rho, lo=float("nan"), hi=float("nan"), n=n)
     z = math.atanh(max(min(rho, 0.999999), -0.999999))

@@ -581,12 +581,16 @@ SHORT_NAMES = {"optimizer": "", "momentum": "mom", "weight_decay": "wd",
 
 
 def trials_table(trained: pd.DataFrame, space: dict) -> pd.DataFrame:
-    """A study's trained trials as chapter 6 prints them, best first: number, state,
-    value, epochs, the hyperparameters in one column (so that the table fits the page),
-    compute (millions of multiply-accumulates per image) and minutes of training."""
+    """A study's trained trials as chapter 6 prints them: the complete ones best first,
+    then the pruned ones best first (a pruned trial's value is from an earlier epoch, not
+    comparable); number, state, value, epochs, the hyperparameters in one column (so that
+    the table fits the page), compute (millions of multiply-accumulates per image) and
+    wall-clock minutes of training."""
     from .search import merge_cases
 
-    t = merge_cases(trained, space).sort_values("value", ascending=False)
+    t = merge_cases(trained, space)
+    t = t.assign(_pruned=t.state != "COMPLETE").sort_values(["_pruned", "value"],
+                                                            ascending=[True, False])
     hp = [n for n in space if n in t]
 
     def setting(r) -> str:
@@ -599,7 +603,7 @@ def trials_table(trained: pd.DataFrame, space: dict) -> pd.DataFrame:
 
     return pd.DataFrame({"trial": t.number, "state": t.state, "value": t.value,
                          "epochs": t.epochs_run.astype(int), "setting": t[hp].apply(
-                             setting, axis=1), "MMACs": t.macs / 1e6,
+                             setting, axis=1), "MMACs": (t.macs / 1e6).round().astype(int),
                          "minutes": t.train_time_s / 60}).reset_index(drop=True)
 
 
@@ -615,17 +619,25 @@ def default_runs(ds: Dataset, budget: str = "cpu", runs_dir=None) -> list:
 
 def retrain_status(study, budget: str, rt: pd.DataFrame) -> pd.DataFrame:
     """Per configuration the re-training needs (:func:`retrain_plan`): its rank, trial,
-    validation accuracy in the search, architecture and optimiser, and how many of its
-    seeds are cached in ``rt`` (:func:`retrain`) out of how many wanted."""
+    validation accuracy in the search, architecture and optimiser, how many trained
+    trials the search spent on that architecture (its best is a best of that many), and
+    how many of its seeds are cached in ``rt`` (:func:`retrain`) out of how many
+    wanted."""
+    from .search import trained_frame
+
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    per_arch = trained_frame(study).groupby(list(ARCHITECTURE)).size()
     rows = {}
     for rank, number, value, c in retrain_plan(study, budget):
         p = trials[number].params
+        convs = p["model.convs_per_block"]
         r = rows.setdefault(rank, dict(
             rank=rank, trial=number, val_acc=value,
-            architecture=f"{p['model.block_widths']}, {p['model.convs_per_block']} conv(s) "
-                         f"a block, {p['model.kernel_size']}x{p['model.kernel_size']}",
-            optimizer=p["optimizer"], wanted=0, cached=0))
+            architecture=f"{p['model.block_widths']}, {convs} conv{'s' * (convs > 1)} per "
+                         f"block, {p['model.kernel_size']}x{p['model.kernel_size']}",
+            optimizer=p["optimizer"],
+            trials=int(per_arch.get(tuple(p[a] for a in ARCHITECTURE), 0)),
+            wanted=0, cached=0))
         r["wanted"] += 1
         r["cached"] += int(len(rt) > 0 and ((rt["rank"] == rank) & (rt.seed == c.seed)).any())
     return pd.DataFrame(list(rows.values())).set_index("rank")

@@ -304,9 +304,9 @@ def test_trials_table_puts_each_trials_own_case_in_one_column():
                        "model.block_widths": ["64/128", "64/128"], "macs": [1e8, 2e8],
                        "train_time_s": [60.0, 30.0]})
     t = studies.trials_table(df, SPACE)
-    assert list(t.trial) == [1, 0]  # best first
-    assert t.setting.tolist() == ["adamw, lr 0.001, 64/128", "sgd, lr 5, 64/128"]
-    assert t.MMACs.tolist() == [200, 100] and t.minutes.tolist() == [0.5, 1.0]
+    assert list(t.trial) == [0, 1]  # complete first, then pruned, each best first
+    assert t.setting.tolist() == ["sgd, lr 5, 64/128", "adamw, lr 0.001, 64/128"]
+    assert t.MMACs.tolist() == [100, 200] and t.minutes.tolist() == [1.0, 0.5]
 
 
 def test_machine_names_the_widest_bf16_feature_and_the_dtype():
