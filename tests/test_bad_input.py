@@ -607,8 +607,10 @@ GUARANTEES = [
                         "test_missing_database_driver_names_what_to_install")),
     ("the same config at another CPU thread count", "nothing", "a run pinned to N threads "
      "(each search worker on the CPU) has its own cache key: a result is never taken from "
-     "another thread count", ("test_a_pinned_thread_count_is_in_the_key_and_restored_after",
-                              "test_two_workers_train_exactly_n_trials")),
+     "another thread count; the data order is the same at any count (what differs is the "
+     "arithmetic)", ("test_a_pinned_thread_count_is_in_the_key_and_restored_after",
+                     "test_two_workers_train_exactly_n_trials",
+                     "test_the_data_order_does_not_depend_on_the_thread_count")),
     ("a `model.pt` that would unpickle into code", "an unpickling error", "the code never "
      "runs (weights are read with `weights_only=True`)",
      ("test_a_model_file_that_would_run_code_is_refused",)),

@@ -135,6 +135,29 @@ def test_a_pinned_thread_count_is_in_the_key_and_restored_after(synth, tiny_conf
     assert res.summary["threads"] == 1 and torch.get_num_threads() == before
 
 
+def test_the_data_order_does_not_depend_on_the_thread_count(synth, tiny_config, monkeypatch):
+    """What another thread count changes is arithmetic, not the data: the batches'
+    order (and the seeded draws behind it) is the same at 1 and 2 threads, so the runs
+    start from the same weights and see the same images in the same order."""
+    orders = {}
+    real = torch.randperm
+
+    for n in (1, 2):
+        seen = []
+
+        def randperm(*a, **k):
+            out = real(*a, **k)
+            seen.append(out.clone())
+            return out
+
+        monkeypatch.setattr(torch, "randperm", randperm)
+        train.fit(train.make_config(tiny_config, epochs=2, threads=n), synth, "cpu",
+                  progress=False)
+        orders[n] = seen
+    assert len(orders[1]) == len(orders[2]) >= 2  # one permutation per epoch at least
+    assert all(torch.equal(a, b) for a, b in zip(orders[1], orders[2]))
+
+
 def test_cpuinfo_reads_each_cpus_value(tmp_path):
     f = tmp_path / "cpuinfo"
     f.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 fma\n"
