@@ -145,7 +145,7 @@ def test_the_data_order_does_not_depend_on_the_thread_count(synth, tiny_config, 
     for n in (1, 2):
         seen = []
 
-        def randperm(*a, **k):
+        def randperm(*a, seen=seen, **k):
             out = real(*a, **k)
             seen.append(out.clone())
             return out
