@@ -683,9 +683,12 @@ def best_setup_answer(ds: Dataset, budget: str = "cpu", runs_dir=None) -> tuple[
     rt = retrain(ds, budget, runs_dir=runs_dir)
     status = retrain_status(study, budget, rt)
     defaults = default_runs(ds, budget, runs_dir)
-    if (status.cached < status.wanted).any() or not defaults:
+    if (status.cached < status.wanted).any():
         return (f"not named yet: {int(status.cached.sum())} of {int(status.wanted.sum())} "
                 "re-training runs of the main study's choices are cached", "-")
+    if not defaults:
+        return ("not named yet: chapter 5's runs of the recipe's defaults, the yardstick, "
+                "are not in the cache", "-")
     first, top = rt[rt["rank"] == 1], status.loc[1]
     n_test = int(first.run.iloc[0].summary["test_images"])  # the test images it scored
     dflt = [r.summary["test_acc"] for r in defaults]

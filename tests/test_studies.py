@@ -208,6 +208,7 @@ def test_retrain_reuses_the_recipe_and_refuses_an_unfinished_study(tmp_path):
     assert all(runs.find(r.config, ds, "search-best", tmp_path) or r.config ==
                fast_config("smoke", seed=r.config.seed) for r in rt.run)
     # the best setup is named only beside the recipe's defaults (chapter 5's runs)
+    assert "the yardstick" in studies.best_setup_answer(ds, "smoke", tmp_path)[0]
     runs.get(fast_config("smoke"), ds, "recipe", tmp_path)
     answer, uncertainty = studies.best_setup_answer(ds, "smoke", tmp_path)
     assert answer.startswith(f"trial {int(after.trial.iloc[0])} of the search around")
