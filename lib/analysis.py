@@ -304,6 +304,109 @@ def supported_rankings(imp: pd.DataFrame) -> list[tuple[str, str, str]]:
     return out
 
 
+def _position(v: float, leaf: dict) -> float:
+    lo, hi = leaf["low"], leaf["high"]
+    if leaf.get("log"):
+        return float((np.log(v) - np.log(lo)) / (np.log(hi) - np.log(lo)))
+    return float((v - lo) / (hi - lo))
+
+
+def trials_at_epoch(trials: list, epoch: int, space: dict) -> list:
+    """Every trial of ``trials`` that reported ``epoch``, as a COMPLETE Optuna trial whose
+    value is its validation accuracy at that epoch: with the pruner's first rung as
+    ``epoch``, every trained trial, pruned or not, is compared at the same point of
+    training (chapter 7).
+
+    A conditional hyperparameter with a range in every case (the learning rate and the
+    weight decay, each with its own range per optimiser) becomes the *position* of the
+    trial's value in its own case's range: 0 at the low end, 1 at the high end, on a log
+    scale where the range is one. An SGD and an AdamW learning rate, in different units,
+    then compare as "low or high for its optimiser", and the optimiser stays a
+    hyperparameter of its own (merged into one raw column, the learning rate would
+    mostly stand for the optimiser). One fixed in some case (AdamW's momentum) is left
+    out, since importance estimators read only what every trial has."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from .search import SEP
+
+    ranged = {n for n, sp in space.items() if isinstance(sp, dict) and "given" in sp
+              and all(isinstance(v, dict) for v in sp["cases"].values())}
+    rows = []
+    for t in trials:
+        if epoch not in t.intermediate_values:
+            continue
+        params, dists = {}, {}
+        for k, v in t.params.items():
+            base, _, case = k.partition(SEP)
+            if not case:
+                params[k], dists[k] = v, t.distributions[k]
+            elif base in ranged:
+                params[base] = _position(float(v), space[base]["cases"][case])
+        rows.append((params, dists, float(t.intermediate_values[epoch])))
+    for base in ranged:  # one distribution per position, wide enough for every trial
+        pos = [p[base] for p, _, _ in rows if base in p]
+        for _, d, _ in rows:
+            d[base] = FloatDistribution(min([0.0, *pos]), max([1.0, *pos]))
+    return [optuna.trial.create_trial(params=p, distributions={k: d[k] for k in p}, value=v)
+            for p, d, v in rows]
+
+
+def with_steps(rows: pd.DataFrame, n_train: int) -> pd.DataFrame:
+    """Per-epoch rows of a study (:func:`lib.search.per_epoch_frame`) with the optimiser
+    steps taken by the end of each epoch (``n_train // batch_size`` a epoch, the last
+    partial batch dropped, as :func:`lib.train.train` does) and their logarithms, so that
+    the batch size can be told apart from the number of steps it buys (chapter 7)."""
+    steps = rows.epoch * np.maximum(1, n_train // rows.batch_size)
+    return rows.assign(steps=steps, log_steps=np.log10(steps),
+                       log_epoch=np.log10(rows.epoch), log_bs=np.log10(rows.batch_size))
+
+
+def group_rho(df: pd.DataFrame, by: str, x: str, y: str = "value") -> pd.DataFrame:
+    """Per level of ``by``: the number of trials, Spearman's rho of ``x`` and ``y`` with
+    its 95 % interval (:func:`lib.stats.spearman_ci`), and the range of ``x`` among the
+    trials within 5 points of the level's best (chapter 7)."""
+    from .stats import spearman_ci
+
+    rows = []
+    for level, d in df.groupby(by, sort=True):
+        ci = spearman_ci(d[x], d[y])
+        good = d[d[y] >= d[y].max() - 0.05][x]
+        rows.append({by: level, "trials": len(d), "rho": ci["rho"], "lo": ci["lo"],
+                     "hi": ci["hi"], "good_lo": float(good.min()),
+                     "good_hi": float(good.max()), "n_good": len(good)})
+    return pd.DataFrame(rows).set_index(by)
+
+
+def rankings_sentence(imp: pd.DataFrame, counts: pd.DataFrame, n_trials: int,
+                      few: int = 5) -> str:
+    """What the bootstrap intervals of :func:`importance` support, in words: per method,
+    each hyperparameter whose interval lies wholly above others' (or that none does),
+    and the levels of categorical hyperparameters (:func:`level_counts`) held by fewer
+    than ``few`` of the ``n_trials`` trials (chapter 7)."""
+    def name(p):
+        return p.removeprefix("model.")
+
+    support = supported_rankings(imp)
+    txt = []
+    for m in imp.method.unique():
+        score = imp[imp.method == m].set_index("param").importance
+        tops = sorted({a for mm, a, _ in support if mm == m}, key=lambda p: -float(score[p]))
+        txt.append(f"{m}: " + (
+            "no hyperparameter's interval lies wholly above another's, so the intervals "
+            "support no ranking" if not tops else "; ".join(
+                f"{name(a)} above " + ", ".join(name(b) for mm, aa, b in support
+                                                 if mm == m and aa == a) for a in tops)))
+    thin = counts[counts.trials < few] if len(counts) else counts
+    return ("Rankings the bootstrap intervals support (an interval wholly above another's), "
+            "per method: " + ". ".join(txt) + ". "
+            + (f"Some levels rest on very few of the {n_trials} trials: "
+               + ", ".join(f"{r.hyperparameter} = {r.level} ({r.trials})"
+                           for r in thin.itertuples())
+               + "; an importance driven by such a level is a statement about those few "
+                 "trials." if len(thin) else ""))
+
+
 def _widths(v) -> list[int]:
     return [int(x) for x in (v.split("/") if isinstance(v, str) else v)]
 
@@ -518,6 +621,7 @@ def flip_tta(run, ds: Dataset, batch_size: int = 500) -> dict:
     are computed here in fp32, so the difference is the augmentation's alone."""
     import torch
 
+    from .data import channel_stats
     from .fast import tta_views
     from .runs import CacheError
     from .train import to_input
@@ -532,9 +636,10 @@ def flip_tta(run, ds: Dataset, batch_size: int = 500) -> dict:
                          "are not committed); re-train it (python -m lib sweep --study "
                          "<study> --retrain K) or restore the cached result") from None
     plain = tta = 0
+    stats = channel_stats(ds.x_train)
     with torch.no_grad():
         for i in range(0, len(ds.y_test), batch_size):
-            x = to_input(ds, ds.x_test[i:i + batch_size])
+            x = to_input(ds, ds.x_test[i:i + batch_size], stats)
             y = torch.as_tensor(ds.y_test[i:i + batch_size]).long()
             # the mirror views of lib.fast.tta_views (level 1), the first being the image
             outs = [(w, model(v)) for w, v in tta_views(x, 1)]
@@ -559,22 +664,26 @@ def flip_tta_table(run_list, ds: Dataset, runs_dir=None) -> pd.DataFrame:
 
 def shift_accuracy(model, ds: Dataset, shifts=(0, 1, 2, 4, 8), batch_size: int = 1000):
     """Test accuracy of ``model`` on the test images shifted right and down by each of
-    ``shifts`` pixels (the uncovered border filled with zeros, after normalisation: the
-    mean colour), in fp32 (chapter 3: how far each model's accuracy survives a shift)."""
+    ``shifts`` pixels, the uncovered border filled with black (zeros on the raw uint8
+    pixels, before normalisation), as chapter 3's training crops fill theirs
+    (:func:`lib.train.augment_batch`); in fp32 (chapter 3: how far each model's accuracy
+    survives a shift)."""
     import torch
 
+    from .data import channel_stats
     from .train import to_input
 
+    stats = channel_stats(ds.x_train)
     rows = []
     model.eval()
     with torch.no_grad():
         for sh in shifts:
             right = 0
             for i in range(0, len(ds.y_test), batch_size):
-                x = to_input(ds, ds.x_test[i:i + batch_size])
+                xb = ds.x_test[i:i + batch_size]  # NHWC uint8
                 if sh:
-                    x = torch.nn.functional.pad(x, (sh, 0, sh, 0))[:, :, :32, :32]
+                    xb = np.pad(xb, ((0, 0), (sh, 0), (sh, 0), (0, 0)))[:, :32, :32]
                 y = torch.as_tensor(ds.y_test[i:i + batch_size]).long()
-                right += int((model(x).argmax(1) == y).sum())
+                right += int((model(to_input(ds, xb, stats)).argmax(1) == y).sum())
             rows.append(dict(shift=sh, test_acc=right / len(ds.y_test)))
     return pd.DataFrame(rows)

@@ -139,10 +139,15 @@ def _glued(nb, name: str):
 
 
 def record_inputs(nb_path: Path, params: dict) -> None:
-    """Store the inputs digest of a fresh execution in the notebook's metadata."""
+    """Store the inputs digest of a fresh execution in the notebook's metadata, and drop
+    the absolute paths papermill records (``input_path``, ``output_path``): the notebook
+    is published as a download, and a path on the machine that built it says nothing to
+    a reader."""
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
+    for k in ("input_path", "output_path"):
+        nb.metadata.get("papermill", {}).pop(k, None)
     for c in nb.cells:  # the reader sees prose, figures and code, not the plumbing
         tags = c.metadata.get("tags", [])
         if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:

@@ -167,15 +167,17 @@ def same_weights_check(torch_model, m: ModelConfig, ds: Dataset, batch: int = 10
     import pandas as pd
     import torch
 
+    from .data import channel_stats
     from .train import to_input
 
     km = build_model(m)
     from_torch(km, torch_model)
     torch_model = torch_model.eval().float()
     lt, lk = [], []
+    stats = channel_stats(ds.x_train)
     with torch.no_grad():
         for i in range(0, len(ds.y_test), batch):
-            x = to_input(ds, ds.x_test[i:i + batch])
+            x = to_input(ds, ds.x_test[i:i + batch], stats)
             lt.append(torch_model(x).numpy())
             lk.append(np.asarray(km(x.permute(0, 2, 3, 1).numpy(), training=False)))
     lt, lk = np.concatenate(lt), np.concatenate(lk)

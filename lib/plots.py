@@ -561,6 +561,47 @@ def lr_by(df: pd.DataFrame, by: list[str], lr: str = "lr"):
     return fig
 
 
+def lr_and_steps(df: pd.DataFrame, epoch: int):
+    """The search around the recipe at one epoch every trial reached (chapter 7): for
+    each optimiser, validation accuracy against its own learning rate (each optimiser
+    has its own range and units, so one panel each); last panel, against the optimiser
+    steps taken by then (log scale). Colour: batch size, shape: optimiser, one legend
+    under the panels; ``df`` has one row per trial with ``optimizer``, ``lr``,
+    ``batch_size``, ``steps`` and ``value`` (at ``epoch``)."""
+    import seaborn as sns
+
+    opts = sorted(df.optimizer.unique())
+    sizes = sorted(df.batch_size.unique())
+    palette = dict(zip(sizes, sns.color_palette("viridis", len(sizes))))
+    markers = dict(zip(opts, ["o", "X", "s", "^"]))
+    fig, axes = plt.subplots(1, len(opts) + 1, figsize=(WIDTH, 3.3), sharey=True,
+                             squeeze=False, layout="constrained")
+    axes = axes[0]
+    for ax, o in zip(axes, opts):
+        d = df[df.optimizer == o]
+        sns.scatterplot(data=d, x="lr", y="value", hue="batch_size", palette=palette,
+                        hue_order=sizes, marker=markers[o], ax=ax, s=30, legend=False)
+        ax.set_xlabel(f"peak learning rate ({o})", fontsize=9)
+        ax.set_title(f"{o}: {len(d)} trials", fontsize=9)
+    sns.scatterplot(data=df, x="steps", y="value", hue="batch_size", palette=palette,
+                    hue_order=sizes, style="optimizer", style_order=opts, markers=markers,
+                    ax=axes[-1], s=30)
+    axes[-1].set_xlabel(f"optimiser steps by epoch {epoch}", fontsize=9)
+    axes[-1].set_title("against steps taken", fontsize=9)
+    handles, labels = axes[-1].get_legend_handles_labels()
+    axes[-1].get_legend().remove()
+    labels = [{"batch_size": "batch size:", "optimizer": "   optimiser:"}.get(x, x)
+              for x in labels]
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+               frameon=False, handletextpad=0.2, columnspacing=0.8)
+    axes[0].set_ylabel(f"val. accuracy at epoch {epoch}", fontsize=9)
+    for ax in axes:
+        ax.set_xscale("log")
+        _plain_log(ax, "x")
+        ax.tick_params(labelsize=8)
+    return fig
+
+
 def incumbents(df: pd.DataFrame):
     """TPE against random search (chapter 6): the best validation accuracy so far against
     the number of trials, the mean over repeats as a line and the range from the worst

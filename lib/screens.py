@@ -98,8 +98,13 @@ def _set_checkbox(boxes, name: str, on: bool) -> None:
 
 def _prepare(page, frag: str) -> None:
     """Make one dashboard show what its caption says (chapter 4)."""
-    if frag.startswith("scalars"):  # whole curves: no outlier clipping of the y axis
+    if frag.startswith("scalars"):  # whole curves: no outlier clipping, no smoothing
         page.get_by_text("Ignore outliers in chart scaling").first.click()
+        # the y axis is scaled to the smoothed line, so with smoothing on the raw one
+        # runs off the chart; at 0 the one line drawn is the value of each epoch
+        smoothing = page.locator("input[type=number]").first
+        smoothing.fill("0")
+        smoothing.press("Enter")
         time.sleep(2)
     elif frag == "hparams":  # a few hyperparameters and every final metric
         boxes = page.locator("tf-hparams-query-pane paper-checkbox")
@@ -128,9 +133,13 @@ def _tensorboard_page(log_dir: Path, width: int, height: int):
     exe = chromium()
     port = _free_port()
     tb = Path(sys.executable).with_name("tensorboard")
-    cmd = [str(tb) if tb.exists() else "tensorboard", "--logdir", str(log_dir),
+    # the log directory is named relative to its parent, where TensorBoard starts: the
+    # runs pane shows it, and a published picture should not show this machine's paths
+    log_dir = Path(log_dir).resolve()
+    cmd = [str(tb) if tb.exists() else "tensorboard", "--logdir", log_dir.name,
            "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=log_dir.parent)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_http(url, proc)
@@ -167,6 +176,22 @@ def tensorboard(log_dir: Path, out: Path, width: int = 1600, height: int = 1000)
             else:
                 page.screenshot(path=str(shots[-1]))
     return shots
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with the repository's absolute path written ``<repo>`` and the home
+    directory ``~`` (W&B LEET's environment panel shows the interpreter's and the run's
+    local paths, which a published picture should not). Each line keeps its length: the
+    characters saved are put back as spaces after the word that held the path, so the
+    panels drawn to its right stay in place."""
+    from .data import REPO_ROOT
+
+    for path, short in ((str(REPO_ROOT.resolve()), "<repo>"), (str(Path.home()), "~")):
+        if len(path) > len(short):
+            pad = " " * (len(path) - len(short))
+            text = re.sub(re.escape(path) + r"(\S*)",
+                          lambda m, s=short, p=pad: s + m.group(1) + p, text)
+    return text
 
 
 def _leet_png(target: list[str], out: Path, name: str, cols: int, rows: int,
@@ -226,7 +251,8 @@ def _leet_png(target: list[str], out: Path, name: str, cols: int, rows: int,
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     console = Console(record=True, width=cols, force_terminal=True, color_system="truecolor",
                       file=open(os.devnull, "w"))
-    screen = "\n".join(ln for ln in screen.splitlines() if "wandb dir:" not in ln)
+    screen = redact_paths("\n".join(ln for ln in screen.splitlines()
+                                    if "wandb dir:" not in ln))
     console.print(Text.from_ansi(screen))
     html = out / f"{name}.html"
     # every braille chart dot held to one cell: in the browser's fallback font they are

@@ -92,8 +92,8 @@ def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B",
         text += (f" (95 % CI {w['lo'] * 100:+.2f} to {w['hi'] * 100:+.2f}, "
                  f"{'paired t' if paired else 'Welch'})")
     if abs(d) < se_test:
-        text += (f"; smaller than the test set's own sampling error ({se_test * 100:.2f} "
-                 f"points on {n_test:,} images)")
+        text += (f"; the difference itself is smaller than the test set's own sampling "
+                 f"error ({se_test * 100:.2f} points on {n_test:,} images)")
     return text[0].upper() + text[1:]
 
 

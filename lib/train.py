@@ -393,9 +393,11 @@ class DeviceData:
         return x.contiguous(memory_format=fmt)
 
 
-def to_input(ds: Dataset, x_uint8: np.ndarray) -> torch.Tensor:
-    """NHWC uint8 images -> the normalised float NCHW tensor a model of ``ds`` expects."""
-    mean, std = channel_stats(ds.x_train)
+def to_input(ds: Dataset, x_uint8: np.ndarray, stats=None) -> torch.Tensor:
+    """NHWC uint8 images -> the normalised float NCHW tensor a model of ``ds`` expects.
+    ``stats``: ``channel_stats(ds.x_train)`` when the caller already has it (computing
+    it reads the whole training set, so a loop over batches passes it once)."""
+    mean, std = stats if stats is not None else channel_stats(ds.x_train)
     x = torch.from_numpy(np.ascontiguousarray(x_uint8)).permute(0, 3, 1, 2).float() / 255
     return (x - torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)) / \
         torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)

@@ -212,3 +212,23 @@ def test_feature_frame_reads_the_recipe_space():
     assert list(X.adam) == [0, 1, 1] and list(X.log10_lr) == pytest.approx([1, -3, -2])
     assert list(X.blocks) == [3, 2, 4] and list(X.log2_width) == [6, 5, 5]
     assert list(X.kernel_size) == [3, 5, 3]
+
+
+def test_shift_accuracy_fills_the_border_with_black_as_training_does(synth):
+    """The shifted test images get a black border (raw zeros), the fill of chapter 3's
+    training crops, not the mean colour (zeros after normalisation)."""
+    import torch
+
+    from lib.train import to_input
+
+    black = to_input(synth, np.zeros((1, 1, 1, 3), np.uint8)).flatten()
+
+    class TopLeftIsBlack(torch.nn.Module):  # class 0 when the top-left pixel is black
+        def forward(self, x):
+            is_black = torch.isclose(x[:, :, 0, 0], black).all(1)
+            return torch.stack([is_black.float(), (~is_black).float()], 1)
+
+    ds = data.Dataset(synth.x_train, synth.y_train, np.full_like(synth.x_test, 200),
+                      np.zeros(len(synth.y_test), int), source="t")
+    acc = analysis.shift_accuracy(TopLeftIsBlack(), ds, shifts=(0, 1, 3), batch_size=7)
+    assert acc.set_index("shift").test_acc.to_dict() == {0: 0.0, 1: 1.0, 3: 1.0}

@@ -42,6 +42,19 @@ def test_published_chapters_show_their_figures():
         assert figures(cells), f"{nb.name}: executed without a single figure"
 
 
+def test_published_chapters_carry_no_path_of_the_machine_that_built_them():
+    """The notebooks are published as downloads: no absolute path of the build machine
+    in their metadata (papermill records input_path and output_path) or outputs."""
+    import nbformat
+
+    for nb in CHAPTERS:
+        text = nb.read_text()
+        meta = nbformat.reads(text, as_version=4).metadata.get("papermill", {})
+        assert not {"input_path", "output_path"} & set(meta), nb.name
+        found = re.findall(r'(?<![\w.])/(?:work|home|root|tmp|Users)/[^\s"\\]*', text)
+        assert not found, f"{nb.name}: {found[:3]}"
+
+
 def test_html_build(smoke_book):
     cli.build_html(smoke_book)  # warnings are errors: raises UserError on any
     html = smoke_book / "_build" / "html"

@@ -173,3 +173,16 @@ def test_tensorboard_http_api_shows_our_scalars_histograms_and_hparams(tmp_path,
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_screenshot_text_shows_no_local_path():
+    from pathlib import Path
+
+    from lib import screens
+    from lib.data import REPO_ROOT
+
+    line = f"executable  {REPO_ROOT}/.venv/bin/python  root {Path.home()}/x  args[0] sweep"
+    out = screens.redact_paths(line)
+    assert str(REPO_ROOT) not in out and "<repo>/.venv/bin/python" in out
+    assert "args[0] sweep" in out
+    assert len(out) == len(line) and out.index("args[0]") == line.index("args[0]")
