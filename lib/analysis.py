@@ -312,10 +312,10 @@ def _position(v: float, leaf: dict) -> float:
 
 
 def trials_at_epoch(trials: list, epoch: int, space: dict) -> list:
-    """Every trial of ``trials`` that reported ``epoch``, as a COMPLETE Optuna trial whose
-    value is its validation accuracy at that epoch: with the pruner's first rung as
-    ``epoch``, every trained trial, pruned or not, is compared at the same point of
-    training (chapter 7).
+    """Every finished trial of ``trials`` (complete or pruned) that reported ``epoch``, as
+    a COMPLETE Optuna trial whose value is its validation accuracy at that epoch: with
+    the pruner's first rung as ``epoch``, every trained trial, pruned or not, is compared
+    at the same point of training (chapter 7).
 
     A conditional hyperparameter with a range in every case (the learning rate and the
     weight decay, each with its own range per optimiser) becomes the *position* of the
@@ -333,8 +333,8 @@ def trials_at_epoch(trials: list, epoch: int, space: dict) -> list:
     ranged = {n for n, sp in space.items() if isinstance(sp, dict) and "given" in sp
               and all(isinstance(v, dict) for v in sp["cases"].values())}
     rows = []
-    for t in trials:
-        if epoch not in t.intermediate_values:
+    for t in trials:  # finished trials only: a running one's epochs are not yet final
+        if epoch not in t.intermediate_values or t.state.name not in ("COMPLETE", "PRUNED"):
             continue
         params, dists = {}, {}
         for k, v in t.params.items():

@@ -572,7 +572,7 @@ def lr_and_steps(df: pd.DataFrame, epoch: int):
 
     opts = sorted(df.optimizer.unique())
     sizes = sorted(df.batch_size.unique())
-    palette = dict(zip(sizes, sns.color_palette("viridis", len(sizes))))
+    palette = dict(zip(sizes, sns.color_palette("colorblind", len(sizes))))
     markers = dict(zip(opts, ["o", "X", "s", "^"]))
     fig, axes = plt.subplots(1, len(opts) + 1, figsize=(WIDTH, 3.3), sharey=True,
                              squeeze=False, layout="constrained")

@@ -646,8 +646,10 @@ def retrain_status(study, budget: str, rt: pd.DataFrame) -> pd.DataFrame:
 def twin_runs(trained: pd.DataFrame, runs_dir=None) -> pd.DataFrame:
     """Trials of the main study whose run (same cache key: same configuration, seed and
     data) the fidelity study also trained, in another session: both validation
-    accuracies and the machine of each (CPU flags, autocast dtype), a measure of how
-    far the same run moves from one machine to another."""
+    accuracies at the last epoch both reached (a trial the pruner stopped at epoch 9 is
+    compared with the other run's epoch 9, not its epoch 10) and the machine of each (CPU
+    flags, autocast dtype), a measure of how far the same run moves from one machine to
+    another."""
     from . import runs as R
 
     root = R.runs_root(runs_dir) / "search"
@@ -655,10 +657,12 @@ def twin_runs(trained: pd.DataFrame, runs_dir=None) -> pd.DataFrame:
     for t in trained.itertuples():
         if not (root / "fidelity" / t.key).is_dir():
             continue
-        a, b = (R.read_run(root / g / t.key).summary for g in ("fidelity", "recipe-main"))
-        rows.append(dict(trial=int(t.number), key=t.key, val_fidelity=a["val_acc"],
-                         val_main=b["val_acc"], machine_fidelity=_machine(a),
-                         machine_main=_machine(b)))
+        a, b = (R.read_run(root / g / t.key) for g in ("fidelity", "recipe-main"))
+        epoch = int(min(a.metrics.epoch.max(), b.metrics.epoch.max()))
+        va, vb = (float(r.metrics.set_index("epoch").val_acc[epoch]) for r in (a, b))
+        rows.append(dict(trial=int(t.number), key=t.key, epoch=epoch, val_fidelity=va,
+                         val_main=vb, machine_fidelity=_machine(a.summary),
+                         machine_main=_machine(b.summary)))
     return pd.DataFrame(rows)
 
 

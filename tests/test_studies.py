@@ -317,3 +317,57 @@ def test_machine_names_the_widest_bf16_feature_and_the_dtype():
     assert m({"cpu_flags": "avx2 avx512f avx512_bf16", "amp_dtype": "bfloat16"}) \
         == "cpu, AVX-512 bf16, bfloat16"
     assert m({"cpu_flags": "avx2 fma", "amp_dtype": "float32"}) == "cpu, AVX2, float32"
+
+
+def test_twin_runs_compare_the_same_epoch(tmp_path):
+    """A trial the pruner stopped at epoch 2 is compared with the fidelity study's run of
+    the same key at epoch 2, not at its last epoch."""
+    import json
+
+    from lib.train import config_dict
+
+    c = make_config()
+    for group, accs in (("fidelity", [0.30, 0.50, 0.70]), ("recipe-main", [0.31, 0.52])):
+        d = tmp_path / "search" / group / "k1"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps(config_dict(c)))
+        (d / "summary.json").write_text(json.dumps({"val_acc": accs[-1], "cpu_flags": "avx2"}))
+        pd.DataFrame({"epoch": range(1, len(accs) + 1), "val_acc": accs}).to_csv(
+            d / "metrics.csv", index=False)
+    tw = studies.twin_runs(pd.DataFrame({"number": [7], "key": ["k1"]}), tmp_path)
+    row = tw.iloc[0]
+    assert (row.trial, row.epoch) == (7, 2)
+    assert (row.val_fidelity, row.val_main) == (0.50, 0.52)
+    assert row.machine_main == "cpu, AVX2, float32"
+
+
+def test_trials_at_epoch_reads_positions_in_each_optimisers_range():
+    import optuna
+
+    from lib import analysis
+
+    space = {**SPACE, "momentum": {"given": "optimizer", "cases": {
+        "sgd": {"low": 0.6, "high": 0.95}, "adamw": [0.9]}}}
+    st = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        p = search.sample_params(space, rng)
+        st.enqueue_trial(p)
+        t = st.ask()
+        search.suggest_all(t, space)
+        for e in (1, 2, 3):
+            t.report(0.1 * e + 0.01 * i, e)
+        if i == 9:  # still running: not read
+            break
+        st.tell(t, state=optuna.trial.TrialState.PRUNED) if i % 2 else st.tell(t, 0.5)
+    at = analysis.trials_at_epoch(st.trials, 2, space)
+    assert len(at) == 9 and [t.value for t in at] == pytest.approx(
+        [0.2 + 0.01 * i for i in range(9)])
+    for t, orig in zip(at, st.trials):
+        case = orig.params["optimizer"]
+        leaf = space["lr"]["cases"][case]
+        want = (math.log(orig.params[f"lr|{case}"]) - math.log(leaf["low"])) / (
+            math.log(leaf["high"]) - math.log(leaf["low"]))
+        assert t.params["lr"] == pytest.approx(want) and 0 <= t.params["lr"] <= 1
+        assert "momentum" not in t.params and "lr|sgd" not in t.params  # fixed for adamw
+    assert analysis.trials_at_epoch(st.trials, 4, space) == []
