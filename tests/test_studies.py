@@ -250,18 +250,35 @@ def test_merge_cases_gives_each_trial_its_own_case():
     assert search.merge_cases(df, {"optimizer": ["sgd"]}).equals(df)  # nothing to merge
 
 
+SPACE_WITH_MOMENTUM = {**SPACE, "momentum": {"given": "optimizer", "cases": {
+    "sgd": {"low": 0.6, "high": 0.95}, "adamw": [0.9]}}}
+
+
+def _random_study(seed):
+    """An in-memory study and a generator of random points, for tests that ask trials."""
+    import optuna
+
+    return (optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(0)),
+            np.random.default_rng(seed))
+
+
+def _ask(st, space, rng):
+    """One random point of ``space``, asked of the study ``st`` as Optuna would."""
+    p = search.sample_params(space, rng)
+    st.enqueue_trial(p)
+    t = st.ask()
+    search.suggest_all(t, space)
+    return p, t
+
+
 def test_merged_trials_give_importance_one_learning_rate():
     import optuna
 
-    space = {**SPACE, "momentum": {"given": "optimizer", "cases": {
-        "sgd": {"low": 0.6, "high": 0.95}, "adamw": [0.9]}}}
-    st = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
-    rng = np.random.default_rng(0)
+    space = SPACE_WITH_MOMENTUM
+    st, rng = _random_study(0)
     for _ in range(12):
-        p = search.sample_params(space, rng)
-        st.enqueue_trial(p)
-        t = st.ask()
-        search.suggest_all(t, space)
+        p, t = _ask(st, space, rng)
         st.tell(t, float(np.log10(p.get("lr|sgd", p.get("lr|adamw")))))
     m = search.merged_trials(st.trials, space)
     for t, orig in zip(m, st.trials):
@@ -346,15 +363,10 @@ def test_trials_at_epoch_reads_positions_in_each_optimisers_range():
 
     from lib import analysis
 
-    space = {**SPACE, "momentum": {"given": "optimizer", "cases": {
-        "sgd": {"low": 0.6, "high": 0.95}, "adamw": [0.9]}}}
-    st = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
-    rng = np.random.default_rng(1)
+    space = SPACE_WITH_MOMENTUM
+    st, rng = _random_study(1)
     for i in range(10):
-        p = search.sample_params(space, rng)
-        st.enqueue_trial(p)
-        t = st.ask()
-        search.suggest_all(t, space)
+        _, t = _ask(st, space, rng)
         for e in (1, 2, 3):
             t.report(0.1 * e + 0.01 * i, e)
         if i == 9:  # still running: not read
