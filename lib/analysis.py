@@ -355,11 +355,11 @@ def trials_at_epoch(trials: list, epoch: int, space: dict) -> list:
 def with_steps(rows: pd.DataFrame, n_train: int) -> pd.DataFrame:
     """Per-epoch rows of a study (:func:`lib.search.per_epoch_frame`) with the optimiser
     steps taken by the end of each epoch (``n_train // batch_size`` a epoch, the last
-    partial batch dropped, as :func:`lib.train.train` does) and their logarithms, so that
-    the batch size can be told apart from the number of steps it buys (chapter 7)."""
+    partial batch dropped, as :func:`lib.train.train` does) and the log of the batch
+    size, so that the batch size can be set beside the number of steps it buys
+    (chapter 7)."""
     steps = rows.epoch * np.maximum(1, n_train // rows.batch_size)
-    return rows.assign(steps=steps, log_steps=np.log10(steps),
-                       log_epoch=np.log10(rows.epoch), log_bs=np.log10(rows.batch_size))
+    return rows.assign(steps=steps, log_bs=np.log10(rows.batch_size))
 
 
 def group_rho(df: pd.DataFrame, by: str, x: str, y: str = "value") -> pd.DataFrame:
