@@ -4,7 +4,9 @@ Introduced in chapter 1. A run's key hashes everything that determines it: the
 full config, the data fingerprint and :data:`CACHE_VERSION`. A present folder is
 a cache hit; notebooks never retrain what is cached. Runs are written into
 ``runs/.tmp/`` and renamed into place when complete, so a run killed at any
-moment leaves no half folder behind.
+moment leaves no half folder behind. A run that can be resumed (one with no callbacks
+and no W&B mirror) also saves its training state after each epoch in
+``runs/.tmp/resume/`` (:class:`Resume`); the same call after a kill continues it.
 
 A folder holds ``config.json``, ``summary.json``, ``metrics.csv`` (one row per
 epoch), ``weights.csv`` (per-layer weight statistics per epoch),
@@ -216,6 +218,11 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    resume = None
+    if framework == "torch" and not callbacks and not (track or {}).get("wandb"):
+        resume = Resume(root / TMP / "resume" / f"{group.replace('/', '__')}-{key}.pt",
+                        tmp / "tb")
+        resume.restore_logs()
     try:
         if framework == "keras":
             from .keras_cnn import fit as keras_fit
@@ -225,7 +232,7 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
             tracker = Tracker(tmp / "tb", histograms=histograms, run_name=key,
                               **(track or {}))
             res = fit(c, ds, device=device, tracker=tracker, callbacks=callbacks,
-                      progress=progress)
+                      progress=progress, checkpoint=resume)
         summary = dict(res.summary, key=key, group=group, cache_version=CACHE_VERSION,
                        lib_version=__version__, git_commit=_git_commit(),
                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -254,10 +261,51 @@ def train_into_cache(c: Config, ds: Dataset, group: str, runs_dir=None, *, devic
         except OSError:
             if not final.is_dir():  # not a concurrent twin: a real error
                 raise
+        if resume is not None:
+            resume.path.unlink(missing_ok=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return find(c, ds, group, runs_dir, framework)
+
+
+class Resume:
+    """The training state of an unfinished run (:func:`lib.train.fit`'s ``checkpoint``),
+    one file per run, replaced atomically after every epoch: the model, optimiser,
+    schedule, moving average, random generators, per-epoch records, and the bytes of the
+    run's TensorBoard files up to that epoch (put back into the new temporary folder
+    before training goes on, so the run's logs hold every epoch once)."""
+
+    def __init__(self, path: Path, tb_dir: Path):
+        self.path, self.tb_dir = Path(path), Path(tb_dir)
+
+    def load(self) -> dict | None:
+        import torch
+
+        if not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=False)
+
+    def restore_logs(self) -> None:
+        saved = self.load()
+        if saved is None:
+            return
+        self.tb_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in saved.get("logs", {}).items():
+            (self.tb_dir / name).write_bytes(data)
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        logs = {}
+        if self.tb_dir.is_dir():
+            for f in sorted(self.tb_dir.iterdir()):
+                if f.is_file():
+                    logs[f.name] = f.read_bytes()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save(dict(state, logs=logs), tmp)
+        os.replace(tmp, self.path)
 
 
 def _pid_alive(pid: int) -> bool:

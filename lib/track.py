@@ -165,6 +165,10 @@ class Tracker:
                                     if isinstance(v, (int, float, str, bool))})
         self.close()
 
+    def flush(self) -> None:
+        """Write what is queued to the event files (before a checkpoint copies them)."""
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()

@@ -565,19 +565,23 @@ def prepare_data(c: Config, ds: Dataset) -> tuple[Dataset, str]:
 
 
 def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=None,
-        callbacks=(), progress: bool | None = None) -> Result:
+        callbacks=(), progress: bool | None = None, checkpoint=None) -> Result:
     """Train ``c`` on ``ds``; return a :class:`Result` (chapter 1, explained in chapter 3).
 
     ``callbacks`` are called as ``cb(epoch, row, model)`` after each epoch; one
     that returns True stops training (the search's pruner uses this). A non-finite
     loss stops training and is recorded as ``status="diverged"``, not raised.
+    ``checkpoint`` (an object with ``load() -> dict | None`` and ``save(dict)``, see
+    :class:`lib.runs.Resume`) saves the whole training state after every epoch but the
+    last and, when it holds one, continues from it: a run killed after epoch k goes on
+    at epoch k + 1 and ends as it would have without the interruption.
     """
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     if c.threads and dev.type == "cpu" and torch.get_num_threads() != c.threads:
         before = torch.get_num_threads()
         torch.set_num_threads(c.threads)
         try:
-            return fit(c, ds, dev, tracker, callbacks, progress)
+            return fit(c, ds, dev, tracker, callbacks, progress, checkpoint)
         finally:
             torch.set_num_threads(before)
     amp_dtype = resolve_precision(c.precision, dev)
@@ -622,7 +626,24 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
     bar = tqdm(total=total, disable=not progress, unit="step", leave=False,
                desc=f"{c.model.kind} seed {c.seed}")
     status, train_time, eval_time, t_start = "ok", 0.0, 0.0, time.perf_counter()
-    for epoch in range(1, c.epochs + 1):
+    first, resumes = 1, []
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:  # a killed run: continue after its last saved epoch
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        if lookahead is not None:
+            lookahead.ema = saved["lookahead"]
+        gen.set_state(saved["gen"])
+        torch.set_rng_state(saved["rng"])
+        flip_base, step, first = saved["flip_base"], saved["step"], saved["epoch"] + 1
+        res.history, res.weights, res.activations = (saved["history"], saved["weights"],
+                                                     saved["activations"])
+        train_time, eval_time = saved["train_time"], saved["eval_time"]
+        t_start -= saved["elapsed"]
+        resumes = saved["resumes"] + [dict(epoch=saved["epoch"], **saved["hardware"])]
+        bar.update(step)
+    for epoch in range(first, c.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         if c.whiten_bias_epochs is not None and epoch > c.whiten_bias_epochs:
@@ -689,6 +710,17 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
             tracker.epoch(epoch, row, model)
         if status == "diverged":
             break
+        if checkpoint is not None and epoch < c.epochs:
+            if tracker is not None:
+                tracker.flush()
+            checkpoint.save(dict(
+                epoch=epoch, model=model.state_dict(), opt=opt.state_dict(),
+                sched=sched.state_dict(), lookahead=lookahead and lookahead.ema,
+                gen=gen.get_state(), rng=torch.get_rng_state(), flip_base=flip_base,
+                step=step, history=res.history, weights=res.weights,
+                activations=res.activations, train_time=train_time, eval_time=eval_time,
+                elapsed=time.perf_counter() - t_start, resumes=resumes,
+                hardware=hardware(dev)))
         if any(cb(epoch, row, model) for cb in callbacks):
             status = "stopped"
             break
@@ -723,6 +755,8 @@ def fit(c: Config, ds: Dataset, device: str | torch.device = "auto", tracker=Non
         data_source=ds.source, data_fingerprint=fingerprint,
         **hardware(dev),
     )
+    if resumes:  # the epoch each earlier, killed part reached and its machine
+        res.summary["resumed"] = resumes
     if tracker is not None:
         tracker.finish(config_dict(c), res.summary)
     return res

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from lib import runs, train
@@ -109,3 +110,55 @@ def test_a_run_looked_for_and_missing_makes_the_chapter_stale_when_it_arrives(
     before = cli.inputs_digest(nb, params, [rel])["runs read"]
     runs.get(tiny_config, synth, "g", tmp_path)
     assert cli.inputs_digest(nb, params, [rel])["runs read"] != before
+
+
+RESUME_SCRIPT = """
+import os, signal, sys
+from lib import data, recipe, runs
+ds = data.synthetic(n_train=400, n_test=200, seed=0)
+c = recipe.fast_config("smoke", precision="fp32", n_train=None, n_test=None, epochs=4)
+fit = runs.fit
+
+
+def killed_after_epoch_2(*a, **k):  # a real SIGKILL, once epoch 2's state is saved
+    k["callbacks"] = (lambda epoch, row, model: epoch == 2 and os.kill(os.getpid(),
+                                                                       signal.SIGKILL),)
+    return fit(*a, **k)
+
+
+runs.fit = killed_after_epoch_2
+runs.get(c, ds, "recipe", sys.argv[1], device="cpu", progress=False)
+"""
+
+
+def test_a_killed_run_goes_on_after_its_last_epoch_and_ends_as_if_never_killed(
+        tmp_path, synth):
+    """The recipe's network (whitening, moving average, alternating flips, TTA: every
+    piece of training state) killed after epoch 2 of 4: the same call continues at
+    epoch 3, and the run it writes equals one trained without a break."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lib import recipe
+
+    c = recipe.fast_config("smoke", precision="fp32", n_train=None, n_test=None, epochs=4)
+    done = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "b")],
+                          timeout=300)
+    assert done.returncode == -signal.SIGKILL
+    saved = list((tmp_path / "b" / runs.TMP / "resume").glob("recipe-*.pt"))
+    assert len(saved) == 1 and runs.list_runs("recipe", tmp_path / "b") == []
+    resumed = runs.get(c, synth, "recipe", tmp_path / "b", device="cpu", progress=False)
+    straight = runs.get(c, synth, "recipe", tmp_path / "a", device="cpu", progress=False)
+    assert not saved[0].exists()  # the finished run needs its state no more
+    assert [r["epoch"] for r in resumed.summary["resumed"]] == [2]
+    assert "resumed" not in straight.summary
+    cols = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+    assert resumed.metrics[cols].equals(straight.metrics[cols])
+    for k in ("test_acc", "test_acc_tta", "train_loss"):
+        assert resumed.summary[k] == straight.summary[k], k
+    assert (np.load(resumed.path / "test_logits_tta.npy")
+            == np.load(straight.path / "test_logits_tta.npy")).all()
+    w = ["epoch", "layer", "norm", "std"]
+    assert resumed.weights[w].equals(straight.weights[w])
+    ea = EventAccumulator(str(resumed.path / "tb"))
+    ea.Reload()  # TensorBoard holds every epoch once: the killed part's and the rest
+    assert [e.step for e in ea.Scalars("accuracy/test")] == [1, 2, 3, 4]
