@@ -304,6 +304,13 @@ def supported_rankings(imp: pd.DataFrame) -> list[tuple[str, str, str]]:
     return out
 
 
+def leads(imp: pd.DataFrame, method: str, top: str) -> bool:
+    """Whether the bootstrap intervals of ``method`` put ``top`` above every other
+    hyperparameter (:func:`supported_rankings`): a first place the data establish."""
+    above = {b for m, a, b in supported_rankings(imp) if m == method and a == top}
+    return above >= set(imp[imp.method == method].param) - {top}
+
+
 def _position(v: float, leaf: dict) -> float:
     lo, hi = leaf["low"], leaf["high"]
     if leaf.get("log"):

@@ -831,18 +831,52 @@ def fidelity_scatter(df: pd.DataFrame, table: pd.DataFrame, picked: str | None =
         both = wide[[row.fidelity, "reference"]].dropna() if row.fidelity in wide else \
             pd.DataFrame(columns=[row.fidelity, "reference"])
         ax.scatter(both["reference"], both[row.fidelity], s=24, color="tab:blue")
-        for name, r in both.iterrows():
-            ax.annotate(FIDELITY_MARKS.get(name, str(name).removeprefix("random ")),
-                        (r["reference"], r[row.fidelity]),
-                        fontsize=7, xytext=(3, 2), textcoords="offset points")
         ax.set_title(f"{row.fidelity}: rho {row.spearman:.2f}, {row.minutes_per_run:.1f} min",
                      fontsize=9, fontweight="bold" if row.fidelity == picked else "normal")
-        ax.set_xlabel("validation accuracy, reference")
         ax.margins(0.15)  # room for the marks at the edges
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    fig.supxlabel("validation accuracy at the reference budget", fontsize=10)
     axes[0][0].set_ylabel("validation accuracy, candidate")
+    fig.canvas.draw()  # lay the panels out first: the labels are placed in points
+    for ax, row in zip(axes[0], table.itertuples()):
+        if row.fidelity in wide:
+            both = wide[[row.fidelity, "reference"]].dropna()
+            label_points(ax, both["reference"], both[row.fidelity],
+                         [FIDELITY_MARKS.get(n, str(n).removeprefix("random "))
+                          for n in both.index])
     return fig
+
+
+def label_points(ax, xs, ys, labels, fontsize: float = 7) -> None:
+    """Write each label beside its point, on the first side (right, left, below right,
+    below left) where it covers neither another label nor another point: close points
+    keep readable labels without a layout library."""
+    ax.autoscale_view()
+    to_pt = ax.transData + ax.figure.dpi_scale_trans.inverted()  # data -> inches
+    pts = [tuple(to_pt.transform((x, y)) * 72) for x, y in zip(xs, ys)]
+    boxes = [(px - 3, py - 3, px + 3, py + 3) for px, py in pts]  # the points
+    sides = [((3, 2), "left", "bottom"), ((-3, 2), "right", "bottom"),
+             ((3, -2), "left", "top"), ((-3, -2), "right", "top")]
+    for (px, py), text in sorted(zip(pts, labels)):
+        w, h = 0.62 * fontsize * len(text), fontsize
+
+        def box(side, px=px, py=py, w=w, h=h):
+            (dx, dy), ha, va = side
+            x0 = px + dx if ha == "left" else px + dx - w
+            y0 = py + dy if va == "bottom" else py + dy - h
+            return (x0, y0, x0 + w, y0 + h)
+
+        def free(b, px=px, py=py):
+            return not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3]
+                           for o in boxes if o != (px - 3, py - 3, px + 3, py + 3))
+
+        side = next((sd for sd in sides if free(box(sd))), sides[0])
+        boxes.append(box(side))
+        (dx, dy), ha, va = side
+        x, y = (to_pt.inverted().transform((px / 72, py / 72)))
+        ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx, dy),
+                    textcoords="offset points", ha=ha, va=va)
 
 
 def jpeg_trend(table: pd.DataFrame, fits: dict):

@@ -202,6 +202,9 @@ def test_level_counts_and_supported_rankings():
     imp = pd.DataFrame(dict(method="fanova", param=["a", "b", "c"], importance=[0.6, 0.3, 0.1],
                             lo=[0.5, 0.05, 0.0], hi=[0.7, 0.55, 0.2]))
     assert analysis.supported_rankings(imp) == [("fanova", "a", "c")]
+    assert not analysis.leads(imp, "fanova", "a")  # a's interval overlaps b's
+    clear = imp.assign(hi=[0.7, 0.45, 0.2])
+    assert analysis.leads(clear, "fanova", "a") and not analysis.leads(clear, "fanova", "b")
 
 
 def test_feature_frame_reads_the_recipe_space():
