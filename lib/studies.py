@@ -14,6 +14,7 @@ Definitions only; the engine that runs them is :mod:`lib.search`. Two generation
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -675,27 +676,75 @@ def _machine(summary: dict) -> str:
     return f"{summary.get('device', 'cpu')}, {kind}, {summary.get('amp_dtype') or 'float32'}"
 
 
-def best_setup_answer(ds: Dataset, budget: str = "cpu", runs_dir=None) -> tuple[str, str]:
-    """The book's best setup (chapter 6, section 6.7) in two phrases, for the answer
-    table of chapter 7: what it is and how it scores, and its uncertainty against the
-    recipe's defaults; until every re-training run is cached, says so instead."""
-    from .stats import difference, fmt
+@dataclass
+class BestSetup:
+    """What chapter 6 (section 6.7) and chapter 7's answer table read of the book's best
+    setup (:func:`best_setup`)."""
 
-    study = recipe_study("recipe-main", ds, budget, runs_dir)
+    rt: pd.DataFrame  # the re-training runs in the cache (:func:`retrain`)
+    status: pd.DataFrame | None  # per configuration, seeds cached of wanted
+    defaults: list  # chapter 5's runs of the recipe's defaults, the yardstick
+    reason: str | None  # why no best setup is named; None when it is
+
+    @property
+    def named(self) -> bool:
+        return self.reason is None
+
+    @property
+    def first(self) -> pd.DataFrame:
+        """The re-training runs of the validation choice (rank 1), one row per seed."""
+        return self.rt[self.rt["rank"] == 1] if len(self.rt) else self.rt
+
+    @property
+    def missing(self) -> int:
+        """Re-training runs of the other choices still to train (their comparison with
+        the best setup waits for them; the best setup itself does not)."""
+        return 0 if self.status is None else int((self.status.wanted
+                                                  - self.status.cached).sum())
+
+
+def best_setup(ds: Dataset, budget: str = "cpu", runs_dir=None, device="auto",
+               train: bool = False) -> BestSetup:
+    """The book's best setup: the main study's best architecture by validation accuracy
+    (rank 1 of :func:`retrain_plan`), re-trained at the recipe's full budget. It is named
+    once the main study has all its trials (before that its choice is not final), every
+    seed of rank 1 is cached and chapter 5's runs of the defaults are there to compare
+    with. The other ranks only compare architectures; choosing among them by their test
+    scores would select on the test set, so the name does not wait for them."""
+    from .search import n_trained
+
+    study = recipe_study("recipe-main", ds, budget, runs_dir, device)
     if study is None:
-        return ("not named yet: the search around the recipe is not in the cache", "-")
-    rt = retrain(ds, budget, runs_dir=runs_dir)
+        return BestSetup(pd.DataFrame(), None, [], "the search around the recipe is not "
+                         "in the cache")
+    rt = retrain(ds, budget, runs_dir=runs_dir, device=device, train=train)
     status = retrain_status(study, budget, rt)
     defaults = default_runs(ds, budget, runs_dir)
-    if (status.cached < status.wanted).any():
-        return (f"not named yet: {int(status.cached.sum())} of {int(status.wanted.sum())} "
-                "re-training runs of the main study's choices are cached", "-")
-    if not defaults:
-        return ("not named yet: chapter 5's runs of the recipe's defaults, the yardstick, "
-                "are not in the cache", "-")
-    first, top = rt[rt["rank"] == 1], status.loc[1]
+    want = recipe_studies(budget)["recipe-main"].n_trials
+    reason = None
+    if n_trained(study) < want:
+        reason = (f"the main study has {n_trained(study)} of its {want} trials, so its "
+                  "choice is not final")
+    elif status.loc[1].cached < status.loc[1].wanted:
+        reason = (f"{int(status.loc[1].cached)} of the {int(status.loc[1].wanted)} "
+                  "re-training runs of the main study's choice are cached")
+    elif not defaults:
+        reason = "chapter 5's runs of the recipe's defaults, the yardstick, are not cached"
+    return BestSetup(rt, status, defaults, reason)
+
+
+def best_setup_answer(ds: Dataset, budget: str = "cpu", runs_dir=None) -> tuple[str, str]:
+    """The book's best setup (:func:`best_setup`) in two phrases, for the answer table of
+    chapter 7: what it is and how it scores, and its uncertainty against the recipe's
+    defaults; until it is named, says why instead."""
+    from .stats import difference, fmt
+
+    b = best_setup(ds, budget, runs_dir)
+    if not b.named:
+        return (f"not named yet: {b.reason}", "-")
+    first, top = b.first, b.status.loc[1]
     n_test = int(first.run.iloc[0].summary["test_images"])  # the test images it scored
-    dflt = [r.summary["test_acc"] for r in defaults]
+    dflt = [r.summary["test_acc"] for r in b.defaults]
     return (f"trial {int(top.trial)} of the search around the recipe ({top.architecture}, "
             f"{top.optimizer}): test {fmt(first.test_acc)}, with test-time augmentation "
             f"{fmt(first.test_acc_tta.astype(float))}",

@@ -192,11 +192,28 @@ def test_retrain_reuses_the_recipe_and_refuses_an_unfinished_study(tmp_path):
                                                                     runs_dir=tmp_path))
     assert (before.cached == 0).all() and (before.wanted == 1).all()  # smoke: 1 seed
     answer, _ = studies.best_setup_answer(ds, "smoke", tmp_path)
-    assert answer.startswith("not named yet: 0 of 2 re-training runs")
+    assert answer == ("not named yet: 0 of the 1 re-training runs of the main study's "
+                      "choice are cached")
+    # the validation choice (rank 1) first: the best setup waits for its seeds and for
+    # the yardstick, not for the other ranks
+    first = studies.retrain(ds, "smoke", k=1, runs_dir=tmp_path, train=True)
+    assert set(first["rank"]) == {1}
+    b = studies.best_setup(ds, "smoke", tmp_path)
+    assert b.missing == 1 and list(b.first.key) == list(first.key)
+    assert not b.named and "the yardstick" in b.reason
+    assert "the yardstick" in studies.best_setup_answer(ds, "smoke", tmp_path)[0]
+    runs.get(fast_config("smoke"), ds, "recipe", tmp_path)
+    b = studies.best_setup(ds, "smoke", tmp_path)
+    assert b.named and len(b.defaults) == 1  # (at smoke, rank 2 is the defaults)
+    answer, uncertainty = studies.best_setup_answer(ds, "smoke", tmp_path)
+    assert answer.startswith(f"trial {int(b.status.trial.iloc[0])} of the search around")
+    assert "minus the recipe's defaults" in uncertainty
     rt = studies.retrain(ds, "smoke", runs_dir=tmp_path, train=True)
     after = studies.retrain_status(study, "smoke", rt)
     assert (after.cached == after.wanted).all() and list(after.trial) == list(
         rt.drop_duplicates("rank").trial)
+    assert studies.best_setup(ds, "smoke", tmp_path).missing == 0
+    assert list(rt[rt["rank"] == 1].key) == list(first.key)  # cached, not trained again
     top = studies.top_distinct(search.load_study("recipe-main", tmp_path),
                                studies.RECIPE_RETRAIN_K["smoke"])
     assert list(rt.trial.unique()) == list(top.number)  # best validation first
@@ -207,12 +224,6 @@ def test_retrain_reuses_the_recipe_and_refuses_an_unfinished_study(tmp_path):
     assert list(again.key) == list(rt.key)
     assert all(runs.find(r.config, ds, "search-best", tmp_path) or r.config ==
                fast_config("smoke", seed=r.config.seed) for r in rt.run)
-    # the best setup is named only beside the recipe's defaults (chapter 5's runs)
-    assert "the yardstick" in studies.best_setup_answer(ds, "smoke", tmp_path)[0]
-    runs.get(fast_config("smoke"), ds, "recipe", tmp_path)
-    answer, uncertainty = studies.best_setup_answer(ds, "smoke", tmp_path)
-    assert answer.startswith(f"trial {int(after.trial.iloc[0])} of the search around")
-    assert "minus the recipe's defaults" in uncertainty
 
 
 def test_compare_summary_reads_each_repeats_final_incumbent():
