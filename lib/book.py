@@ -370,13 +370,16 @@ def timing_note(runs: list) -> str:
 
 
 def execution_report(s: Setup, runs: list) -> object:
-    """A small table for the end of a chapter: what made its numbers."""
+    """A small table for the end of a chapter: what made its numbers (each run once,
+    however many of the chapter's tables showed it)."""
     import json
 
     import pandas as pd
     from myst_nb import glue
 
     from .runs import READ, _git_commit
+
+    runs = list({r.key: r for r in runs}.values())
 
     glue("inputs_read", json.dumps(READ), display=False)  # read by `python -m lib book`
 

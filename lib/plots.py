@@ -778,6 +778,7 @@ def recipe_curves(metrics: list, label: str = "test"):
                 label=f"{label} set" if i == 0 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
     _integer_epochs(ax)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -786,31 +787,34 @@ def recipe_curves(metrics: list, label: str = "test"):
 
 def ablation(df: pd.DataFrame, per_seed: pd.DataFrame):
     """The ladder (each step adds one technique) and leave-one-out (each row removes
-    one from the full recipe), plain and TTA test accuracy, seeds as dots (chapter 5)."""
+    one from the full recipe), plain and TTA test accuracy: the mean over seeds as a
+    large marker, each seed as a dot, one accuracy axis shared by both panels (markers,
+    not bars, since the axis does not start at zero) (chapter 5)."""
     kinds = [k for k in ("ladder", "leave one out") if k in set(df.kind)]
     heights = [max(1, (df.kind == k).sum()) for k in kinds]
     fig, axes = plt.subplots(len(kinds), 1, figsize=(WIDTH, 0.42 * sum(heights) + 1.2),
-                             gridspec_kw=dict(height_ratios=heights), squeeze=False)
+                             gridspec_kw=dict(height_ratios=heights), squeeze=False,
+                             sharex=True)
     for ax, k in zip(axes[:, 0], kinds):
         d = df[df.kind == k].sort_values("step")
         y = np.arange(len(d))
-        ax.barh(y - 0.18, d.test_acc, height=0.34, color="C0", label="plain")
-        ax.barh(y + 0.18, d.tta_acc, height=0.34, color="C1", label="with TTA")
         ps = per_seed[per_seed.kind == k]
-        for yi, step in zip(y, d.step):
-            s = ps[ps.step == step]
-            ax.plot(s.test_acc, np.full(len(s), yi - 0.18), "k.", ms=4)
-            ax.plot(s.test_acc_tta, np.full(len(s), yi + 0.18), "k.", ms=4)
+        for col, seed_col, dy, color, label in (
+                ("test_acc", "test_acc", -0.15, "C0", "plain"),
+                ("tta_acc", "test_acc_tta", 0.15, "C1", "with TTA")):
+            ax.plot(d[col], y + dy, "D", color=color, ms=6, label=label)
+            for yi, step in zip(y, d.step):
+                sd = ps[ps.step == step][seed_col]
+                ax.plot(sd, np.full(len(sd), yi + dy), ".", color="k", ms=3)
         ax.set_yticks(y, [("+ " if k == "ladder" and i else "") + n
                           for i, n in enumerate(d.name)], fontsize=8)
-        ax.invert_yaxis()
-        lo = float(np.nanmin(d[["test_acc", "tta_acc"]].values))
-        ax.set_xlim(max(0.0, lo - 0.03), 1.0 if lo > 0.9 else None)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+        ax.set_ylim(len(d) - 0.5, -0.5)
+        ax.grid(axis="x", alpha=0.4)
         ax.set_title("each step adds one technique" if k == "ladder"
                      else "the full recipe with one technique taken out", fontsize=10)
-    axes[0, 0].legend(loc="lower right", fontsize=8)
-    axes[-1, 0].set_xlabel("test accuracy (bars: mean over seeds; dots: seeds)")
+    axes[0, 0].xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("test accuracy (diamonds: mean over seeds; dots: seeds)")
     fig.tight_layout()
     return fig
 
@@ -894,12 +898,20 @@ def jpeg_trend(table: pd.DataFrame, fits: dict):
         xs = np.array([0.0, float(table.change.max())])
         ax.plot(xs, icpt + fit["slope"] * xs, color=c, lw=1.5)
         ax.plot([fit["at"], 0.0], [fit["value"], icpt], color=c, lw=1.5, ls="--")
-        ax.errorbar([fit["at"]], [fit["value"]], yerr=[[fit["value"] - fit["lo"]],
-                                                       [fit["hi"] - fit["value"]]],
+        dx = 0.12 if col == "test_acc_tta" else -0.12  # the two bars side by side
+        ax.errorbar([fit["at"] + dx], [fit["value"]], yerr=[[fit["value"] - fit["lo"]],
+                                                            [fit["hi"] - fit["value"]]],
                     fmt="s", color=c, mfc="white", capsize=4)
     ax.axvline(0, color="gray", lw=0.8, ls=":")
+    at = next(iter(fits.values()))["at"]
+    if at < 0:
+        y0 = ax.get_ylim()[0]
+        ax.annotate("the originals\n(extrapolated)", (at, y0), fontsize=8, ha="left",
+                    va="bottom", color="gray", xytext=(6, 3), textcoords="offset points")
+        ax.annotate("the offline copy", (0, y0), fontsize=8, ha="left", va="bottom",
+                    color="gray", xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("mean absolute change of a pixel from the offline copy (grey levels)")
     ax.set_ylabel("test accuracy")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper right")
     return fig

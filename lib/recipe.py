@@ -194,6 +194,7 @@ def jpeg_trend(table, column: str = "test_acc_tta", at: float = -COPY_DISTANCE,
     the line is the right shape), and the runs' scatter about the line (residual SD). At
     the default ``at`` the line is extended as far below the offline copy as the copy is
     from the originals: an extrapolation, which the chapter says."""
+    import pandas as pd
     from scipy import stats
 
     x, y = table.change.to_numpy(float), table[column].to_numpy(float)
@@ -205,8 +206,40 @@ def jpeg_trend(table, column: str = "test_acc_tta", at: float = -COPY_DISTANCE,
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 2)) * float(np.sqrt(v @ cov @ v))
     value = float(slope * at + icpt)
     resid = y - (slope * x + icpt)
+    # lack of fit: the line's residuals against the scatter of the seeds about their
+    # own change's mean (pure error); F = (lack-of-fit SS / (g - 2)) / (pure SS / (n - g))
+    groups = pd.Series(y).groupby(x)
+    g, pure = groups.ngroups, float(((y - groups.transform("mean").to_numpy()) ** 2).sum())
+    lof = float((resid ** 2).sum()) - pure
+    f = p = float("nan")
+    if g > 2 and len(x) > g and pure > 0:
+        f = (lof / (g - 2)) / (pure / (len(x) - g))
+        p = float(stats.f.sf(f, g - 2, len(x) - g))
     return dict(slope=float(slope), at=at, value=value, lo=value - half, hi=value + half,
-                n=len(x), resid_sd=float(np.sqrt((resid ** 2).sum() / (len(x) - 2))))
+                n=len(x), resid_sd=float(np.sqrt((resid ** 2).sum() / (len(x) - 2))),
+                lof_f=f, lof_df=(g - 2, len(x) - g), lof_p=p)
+
+
+def jpeg_first_step(table, column: str = "test_acc_tta", at: float = -COPY_DISTANCE,
+                    level: float = 0.95) -> dict:
+    """The other end of the copy's estimated cost (chapter 5): the slope between the
+    copy and the first re-encoding alone, carried ``at`` grey levels of change, as the
+    accuracy gained over the copy (positive: the originals would score higher), with a
+    t interval from the seed-to-seed SD pooled over every change (n - g degrees of
+    freedom)."""
+    from scipy import stats
+
+    groups = table.groupby("change")[column]
+    means, counts = groups.mean().sort_index(), groups.count().sort_index()
+    df = int((counts - 1).sum())
+    if len(means) < 2 or df < 1:
+        return dict(value=float("nan"), lo=float("nan"), hi=float("nan"), df=df)
+    sd = float(np.sqrt(((counts - 1) * groups.var().sort_index()).sum() / df))
+    (c0, c1), (n0, n1) = means.index[:2], counts.iloc[:2]
+    scale = -at / (c1 - c0)  # grey levels carried per grey level between the two
+    value = float(means.iloc[0] - means.iloc[1]) * scale
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * sd * np.sqrt(1 / n0 + 1 / n1) * scale
+    return dict(value=value, lo=value - half, hi=value + half, df=df)
 
 
 def recipe_configs(budget: str = "cpu") -> list[Config]:
@@ -283,23 +316,17 @@ PUBLISHED = [
 ]
 
 
-def epochs_to(metrics, column: str, threshold: float) -> float:
-    """The first epoch whose ``column`` reaches ``threshold`` (NaN if none does)."""
-    hit = metrics.loc[metrics[column] >= threshold, "epoch"]
-    return float(hit.iloc[0]) if len(hit) else float("nan")
-
-
 def run_row(run) -> dict:
-    """One run of the chapter as a table row: test accuracy plain and with TTA, the
-    epochs to 85 %, 90 % and 93 % on its per-epoch evaluation split, minutes of
-    training."""
+    """One run of the chapter as a table row: test accuracy plain and with TTA, minutes
+    of training as recorded, and the minutes its fastest epoch's pace gives for all its
+    epochs (a run that shared the machine with other work for a while has slower epochs;
+    the fastest is the usual estimate of an undisturbed one)."""
     s, m = run.summary, run.metrics
-    ev = "val_acc" if run.config.holdout else "test_acc"
+    quiet = (float(m.train_s.min()) * len(m) / 60 if "train_s" in m
+             else s["train_time_s"] / 60)
     return dict(seed=run.config.seed, test_acc=s["test_acc"],
                 test_acc_tta=s.get("test_acc_tta", float("nan")),
-                epochs_to_85=epochs_to(m, ev, 0.85), epochs_to_90=epochs_to(m, ev, 0.90),
-                epochs_to_93=epochs_to(m, ev, 0.93),
-                minutes=s["train_time_s"] / 60, eval_split=ev.split("_")[0],
+                minutes=s["train_time_s"] / 60, quiet_minutes=quiet,
                 cpu_flags=s.get("cpu_flags", "not recorded"), threads=s.get("threads"),
                 key=run.key)
 
@@ -323,10 +350,10 @@ def ablation_runs(ds, budget: str, runs_dir=None, train: bool = False) -> list[d
 
 
 def ablation_table(rows: list[dict]):
-    """Mean over seeds per step: accuracy plain and with TTA, epochs to 85 %/90 %/93 %
-    on the validation split (NaN unless every seed reached it), minutes per run (the
-    fastest seed's: a run that shared this machine with other work takes longer, and
-    the minimum is the usual estimate of a timing), and how many seeds are in each mean."""
+    """Mean over seeds per step: accuracy plain and with TTA (and their SDs), minutes per
+    run (the fastest seed's, at its fastest epoch's pace: see :func:`run_row`), how many
+    seeds are in each mean, and the runs' keys (a leave-one-out row can be a ladder step
+    under another name: the same runs)."""
     import pandas as pd
 
     recs = [dict(kind=r["kind"], step=r["step"], name=r["name"], **run_row(r["run"]))
@@ -337,17 +364,8 @@ def ablation_table(rows: list[dict]):
     g = df.groupby(["kind", "step", "name"], sort=True)
     return g.agg(seeds=("seed", "nunique"), test_acc=("test_acc", "mean"),
                  test_acc_sd=("test_acc", "std"), tta_acc=("test_acc_tta", "mean"),
-                 tta_acc_sd=("test_acc_tta", "std"),
-                 epochs_to_85=("epochs_to_85", _all_reached),
-                 epochs_to_90=("epochs_to_90", _all_reached),
-                 epochs_to_93=("epochs_to_93", _all_reached), minutes=("minutes", "min")
-                 ).reset_index()
-
-
-def _all_reached(epochs) -> float:
-    """Mean epoch at which the seeds reached a threshold; NaN if one never did (a mean
-    over the seeds that did would flatter the step)."""
-    return float("nan") if epochs.isna().any() else float(epochs.mean())
+                 tta_acc_sd=("test_acc_tta", "std"), minutes=("quiet_minutes", "min"),
+                 keys=("key", lambda k: tuple(sorted(k)))).reset_index()
 
 
 def previous_best_runs(ds, budget: str = "cpu", runs_dir=None) -> list:
@@ -395,63 +413,108 @@ def comparison(full: list, ch3: list, prev: list):
 
 def contributions(ab, n_test: int = 10_000) -> str:
     """What each technique bought, in words, from :func:`ablation_table`: the gain of
-    each ladder step over the step before, and the loss when it is left out of the full
-    recipe (or replaced by its usual form), both in TTA test accuracy, largest first,
-    with the seeds behind each and the test set's sampling error (``n_test`` images)."""
+    each ladder step over the step before, and the loss when it is left out of the
+    ablations' full recipe (or replaced by its usual form), in test accuracy with TTA and
+    plain, largest TTA change first, with the seeds behind each, the chance bound of a
+    difference for each metric (:func:`seed_noise`), the changes beyond it on one metric
+    only, and what the test set's sampling error (``n_test`` images) means here."""
     from .stats import binomial_se
 
     if ab is None or not len(ab):
         return "No ablation run is cached yet."
-    parts = []
+    noise = {c: seed_noise(ab, c) for c in ("tta_acc", "test_acc")}
+
+    def change(r, col):
+        return float(getattr(r, col)) * 100
+
+    def item(r):
+        return (f"{r.name} {change(r, 'd_tta'):+.2f} with TTA, {change(r, 'd_test'):+.2f} "
+                f"plain ({r.seeds} seed{'s' * (r.seeds > 1)})")
+
+    parts, changes = [], []
     lad = ab[ab.kind == "ladder"].sort_values("step")
     if len(lad) > 1:
-        d = lad.assign(gain=lad.tta_acc.diff()).iloc[1:]
+        d = lad.assign(d_tta=lad.tta_acc.diff(), d_test=lad.test_acc.diff(),
+                       pair=_pairs(lad, lad.shift(1))).iloc[1:]
         d = d[lad.step.diff().iloc[1:] == 1]  # only steps whose previous step is cached
-        d = d.sort_values("gain", ascending=False)
-        parts.append("Adding one technique or bundle at a time (TTA test accuracy, change from "
-                     "the step before): " + "; ".join(
-                         f"{r.name} {r.gain * 100:+.2f} points ({r.seeds} seed"
-                         f"{'s' * (r.seeds > 1)})" for r in d.itertuples()) + ".")
+        d = d.sort_values("d_tta", ascending=False)
+        changes.append(d)
+        parts.append("Adding one technique or bundle at a time (change in test accuracy "
+                     "from the step before, in points): "
+                     + "; ".join(item(r) for r in d.itertuples()) + ".")
     loo = ab[ab.kind == "leave one out"]
     full = lad[lad.step == lad.step.max()] if len(lad) else lad
     if len(loo) and len(full) and int(full.step.iloc[0]) == len(LADDER) - 1:
-        ref = float(full.tta_acc.iloc[0])
-        d = loo.assign(loss=ref - loo.tta_acc).sort_values("loss", ascending=False)
-        parts.append("Taking one technique out of the full recipe (or replacing it by its "
-                     "usual form) costs: " + "; ".join(
-            f"{r.name} {r.loss * 100:+.2f} points ({r.seeds} seed{'s' * (r.seeds > 1)})"
-            for r in d.itertuples()) + ".")
+        d = loo.assign(d_tta=float(full.tta_acc.iloc[0]) - loo.tta_acc,
+                       d_test=float(full.test_acc.iloc[0]) - loo.test_acc,
+                       pair=_pairs(loo, full.loc[full.index.repeat(len(loo))]
+                                   .set_axis(loo.index))
+                       ).sort_values("d_tta", ascending=False)
+        changes.append(d)
+        parts.append("Taking one technique out of the ablations' full recipe (the ladder's "
+                     "last step; or replacing it by its usual form) costs, in points: "
+                     + "; ".join(item(r) for r in d.itertuples()) + ".")
     if not parts:
         return "Too few ablation runs are cached to compare steps yet."
     lo, hi = int(ab.seeds.min()), int(ab.seeds.max())
     seeds = f"{lo}" if lo == hi else f"{lo} to {hi}"
-    se = binomial_se(float(ab.tta_acc.mean()), n_test) * 100
-    noise = seed_noise(ab)
     text = " ".join(parts) + f" Each step has {seeds} seed{'s' * (hi > 1)}."
-    if noise["df"] > 0:
-        text += (f" The seed-to-seed standard deviation, pooled over the steps, is "
-                 f"{noise['sd'] * 100:.2f} points ({noise['df']} degrees of freedom), so "
-                 f"two steps' means of {lo} seeds differ by up to ±{noise['half'] * 100:.2f} "
-                 "points by chance alone (95 %): smaller differences do not rank the "
-                 "techniques, and a change whose sign differs between the ladder and "
-                 "leave-one-out is one they do not settle.")
-    return text + (f" Each score also carries the test set's sampling error ({se:.2f} "
-                   f"points on {n_test:,} images), shared by every step, since all are "
-                   "scored on the same images.")
+    nt, np_ = noise["tta_acc"], noise["test_acc"]
+    if nt["df"] > 0:
+        text += (f" The seed-to-seed standard deviation, pooled over the distinct steps, "
+                 f"is {nt['sd'] * 100:.2f} points with TTA and {np_['sd'] * 100:.2f} plain "
+                 f"({nt['df']} degrees of freedom), so two steps' means of {lo} seeds "
+                 f"differ by up to ±{nt['half'] * 100:.2f} points with TTA and "
+                 f"±{np_['half'] * 100:.2f} plain by chance alone (95 %): smaller "
+                 "differences do not rank the techniques, and a change whose sign differs "
+                 "between the ladder and leave-one-out is one they do not settle.")
+        one, seen = [], set()
+        for d in changes:
+            for r in d.itertuples():
+                if (abs(r.d_tta) > nt["half"]) != (abs(r.d_test) > np_["half"]) and \
+                        r.pair not in seen:
+                    seen.add(r.pair)  # the same two sets of runs under two names: once
+                    one.append(r)
+        if one:
+            text += (" Beyond that bound on one of the two scores only: "
+                     + "; ".join(f"{r.name} ({change(r, 'd_tta'):+.2f} with TTA, "
+                                 f"{change(r, 'd_test'):+.2f} plain)" for r in one)
+                     + ". Where the plain change is the larger, test-time augmentation, "
+                     "added on top, makes up part of what the technique buys (a reading "
+                     "of these numbers, not a tested mechanism): which score a claim "
+                     "rests on matters.")
+    se = binomial_se(float(ab.tta_acc.mean()), n_test) * 100
+    return text + (f" The test set's sampling error ({se:.2f} points on {n_test:,} images) "
+                   "is the uncertainty of each step's accuracy as an estimate of its "
+                   "accuracy on new images; it matters much less for the differences "
+                   "between steps, since all are scored on the same images: the part "
+                   "they share cancels, and the part that varies from run to run is in "
+                   "the seed-to-seed SD above.")
 
 
-def seed_noise(ab, level: float = 0.95) -> dict:
-    """The seed-to-seed SD of TTA test accuracy pooled over the steps of
-    :func:`ablation_table` (each step's variance weighted by its seeds minus one), its
-    degrees of freedom, and the half-width of a ``level`` t interval for the difference
-    of two steps' means with the smallest number of seeds."""
+def _pairs(rows, other) -> list:
+    """For each row of an ablation table, the runs it is compared with ``other``'s row
+    of the same index: one comparison, whatever the rows are called (the names when the
+    table carries no keys)."""
+    col = "keys" if "keys" in rows else "name"
+    return [frozenset([a, b]) for a, b in zip(rows[col], other[col])]
+
+
+def seed_noise(ab, col: str = "tta_acc", level: float = 0.95) -> dict:
+    """The seed-to-seed SD of ``col`` (``tta_acc`` or ``test_acc``) pooled over the
+    distinct steps of :func:`ablation_table` (each step's variance weighted by its seeds
+    minus one; a row that shows the same runs as another under a second name counts
+    once), its degrees of freedom, and the half-width of a ``level`` t interval for the
+    difference of two steps' means with the smallest number of seeds."""
     from scipy import stats
 
     ok = ab[ab.seeds > 1]
+    if "keys" in ok:
+        ok = ok.drop_duplicates("keys")
     df = int((ok.seeds - 1).sum())
     if df == 0:
         return dict(sd=float("nan"), df=0, half=float("nan"))
-    sd = float(np.sqrt(((ok.seeds - 1) * ok.tta_acc_sd ** 2).sum() / df))
+    sd = float(np.sqrt(((ok.seeds - 1) * ok[f"{col}_sd"] ** 2).sum() / df))
     k = int(ok.seeds.min())
     half = float(stats.t.ppf(0.5 + level / 2, df)) * sd * np.sqrt(2 / k)
     return dict(sd=sd, df=df, half=half)

@@ -222,27 +222,50 @@ def test_impossible_recipe_options_fail_at_config_time(over, match):
         train.make_config(**over)
 
 
-def test_ablation_table_counts_an_epoch_only_when_every_seed_reached_it():
+def test_ablation_table_times_a_run_at_its_fastest_epochs_pace():
     from types import SimpleNamespace
 
     import pandas as pd
 
-    def run(seed, accs):
-        m = pd.DataFrame({"epoch": range(1, len(accs) + 1), "val_acc": accs})
+    def run(seed, accs, train_s):
+        m = pd.DataFrame({"epoch": range(1, len(accs) + 1), "val_acc": accs,
+                          "train_s": train_s})
         return SimpleNamespace(summary=dict(test_acc=accs[-1], test_acc_tta=accs[-1] + .01,
-                                            train_time_s=60.0 * (1 + seed)), metrics=m,
+                                            train_time_s=float(sum(train_s))), metrics=m,
                                key=f"k{seed}", config=SimpleNamespace(seed=seed, holdout=100))
 
-    assert recipe.epochs_to(run(0, [0.5, 0.86, 0.91]).metrics, "val_acc", 0.85) == 2
-    rows = [dict(kind="ladder", step=0, name="a", seed=0, run=run(0, [0.5, 0.86, 0.91])),
-            dict(kind="ladder", step=0, name="a", seed=1, run=run(1, [0.6, 0.84, 0.88])),
+    rows = [dict(kind="ladder", step=0, name="a", seed=0,
+                 run=run(0, [0.5, 0.86, 0.91], [30.0, 40.0, 50.0])),
+            dict(kind="ladder", step=0, name="a", seed=1,
+                 run=run(1, [0.6, 0.84, 0.88], [90.0, 25.0, 100.0])),  # a disturbed run
             dict(kind="ladder", step=1, name="b", seed=0, run=None)]
     t = recipe.ablation_table(rows)
-    assert len(t) == 1 and t.seeds.iloc[0] == 2
-    assert t.epochs_to_85.iloc[0] == 2.5            # both seeds reached 85 %
-    assert np.isnan(t.epochs_to_90.iloc[0])         # seed 1 never reached 90 %
+    assert len(t) == 1 and t.seeds.iloc[0] == 2 and t["keys"].iloc[0] == ("k0", "k1")
     assert t.test_acc.iloc[0] == pytest.approx((0.91 + 0.88) / 2)
-    assert t.minutes.iloc[0] == 1.0  # the fastest seed's (seed 1 took 2 minutes)
+    assert t.minutes.iloc[0] == pytest.approx(25.0 * 3 / 60)  # seed 1's fastest epoch x 3
+    assert recipe.run_row(rows[0]["run"])["minutes"] == pytest.approx(2.0)  # as recorded
+
+
+def test_contributions_read_both_scores_and_count_a_step_shown_twice_once():
+    import pandas as pd
+
+    n = len(recipe.LADDER)
+    tta = [0.81 + 0.01 * i for i in range(n - 1)] + [0.81 + 0.01 * (n - 2) + 0.002]
+    test = [0.80 + 0.01 * i for i in range(n - 1)] + [0.80 + 0.01 * (n - 2) + 0.01]
+    ab = pd.DataFrame(dict(  # leave-one-out "no last": the ladder's step before the last
+        kind=["ladder"] * n + ["leave one out"], step=list(range(n)) + [0],
+        name=[f"t{i}" for i in range(n)] + ["no last"], seeds=2,
+        test_acc=test + [test[-2]], tta_acc=tta + [tta[-2]],
+        test_acc_sd=0.002, tta_acc_sd=0.002,
+        keys=[(f"a{i}", f"b{i}") for i in range(n)] + [(f"a{n - 2}", f"b{n - 2}")]))
+    assert recipe.seed_noise(ab)["df"] == n  # the leave-one-out row is a ladder step's runs
+    text = recipe.contributions(ab)
+    assert "t1 +1.00 with TTA, +1.00 plain (2 seeds)" in text
+    assert "ablations' full recipe" in text and "with TTA and" in text
+    # the last step buys 1 point plain (beyond chance) and 0.2 with TTA (within it),
+    # said once though two rows show it
+    one = text.split("on one of the two scores only: ")[1].split(". ")[0]
+    assert one == f"t{n - 1} (+0.20 with TTA, +1.00 plain)"
 
 
 def test_jpeg_trend_is_numpys_line_with_a_t_interval():
@@ -256,6 +279,24 @@ def test_jpeg_trend_is_numpys_line_with_a_t_interval():
     # the interval widens with the distance from the data
     assert recipe.jpeg_trend(t, "test_acc", at=-20.0)["hi"] - 1.11 > f["hi"] - 0.96
     assert np.isnan(recipe.jpeg_trend(t.iloc[:2], "test_acc")["value"])  # one change only
+    # the group means lie on the line: nothing lacks fit; bend the last one and it does
+    assert f["lof_f"] == pytest.approx(0.0, abs=1e-9) and f["lof_df"] == (1, 3)
+    bent = recipe.jpeg_trend(t.assign(test_acc=t.test_acc - [0, 0, 0, 0, .2, .2]),
+                             "test_acc")
+    assert bent["lof_p"] < 0.01
+
+
+def test_jpeg_first_step_carries_the_first_slope_with_a_pooled_interval():
+    import pandas as pd
+    from scipy import stats as st
+
+    t = pd.DataFrame(dict(change=[0.0, 0.0, 5.0, 5.0, 10.0, 10.0],
+                          test_acc=[0.90, 0.92, 0.85, 0.87, 0.70, 0.74]))
+    f = recipe.jpeg_first_step(t, "test_acc", at=-10.0)
+    assert f["value"] == pytest.approx(0.10)  # 0.05 over 5 levels, carried 10 levels
+    sd = np.sqrt((0.0002 + 0.0002 + 0.0008) / 3)  # pooled over the three changes
+    half = st.t.ppf(0.975, 3) * sd * np.sqrt(1 / 2 + 1 / 2) * 2
+    assert f["df"] == 3 and f["hi"] - f["value"] == pytest.approx(half)
 
 
 def test_seed_noise_pools_the_steps_variances():

@@ -162,3 +162,21 @@ def test_a_killed_run_goes_on_after_its_last_epoch_and_ends_as_if_never_killed(
     ea = EventAccumulator(str(resumed.path / "tb"))
     ea.Reload()  # TensorBoard holds every epoch once: the killed part's and the rest
     assert [e.step for e in ea.Scalars("accuracy/test")] == [1, 2, 3, 4]
+
+
+def test_the_execution_report_counts_a_run_shown_twice_once():
+    from types import SimpleNamespace
+
+    from lib import book
+
+    def run(key, cpu):
+        return SimpleNamespace(key=key, summary=dict(device="cpu", device_name=cpu,
+                                                     threads=2, torch="2"))
+
+    s = SimpleNamespace(budget="smoke", data=SimpleNamespace(source="synthetic",
+                                                             fingerprint="f"))
+    a, b = run("k1", "Intel"), run("k2", "AMD")
+    rep = book.execution_report(s, [a, b, a]).value  # a ladder step shown again
+    assert rep["runs read"] == "k1, k2"
+    assert rep["trained on"] == "cpu (Intel, 2 threads), torch 2: 1 run; " \
+                                "cpu (AMD, 2 threads), torch 2: 1 run"
