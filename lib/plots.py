@@ -48,8 +48,8 @@ def image_grid(images: np.ndarray, titles=None, ncols: int = 8, cell: float = 1.
     for ax, i in zip(axes, range(len(images))):
         ax.imshow(images[i], interpolation="nearest")
         if titles is not None:
-            ax.set_title(str(titles[i]), fontsize=8)
-    fig.tight_layout()
+            ax.set_title(str(titles[i]), fontsize=7)
+    fig.tight_layout(w_pad=1.2)  # room between neighbouring titles
     return fig
 
 
@@ -240,7 +240,8 @@ def channel_histograms(h: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(WIDTH, 2.8))
     for c, colour in (("red", "tab:red"), ("green", "tab:green"), ("blue", "tab:blue")):
         ax.plot(h.index, 100 * h[c] / h[c].sum(), color=colour, label=c)
-    ax.set(xlabel="pixel value (0-255)", ylabel="share of pixels (%)", xlim=(0, 255))
+    ax.set(xlabel="pixel value (0-255)", ylabel="share of pixels (%)", xlim=(-4, 259))
+    ax.grid(axis="x", visible=False)  # the spikes at 0 and 255 stay clear of any line
     ax.legend()
     fig.tight_layout()
     return fig
@@ -349,7 +350,8 @@ def per_class_bars(acc: pd.DataFrame):
     sns.barplot(data=long, x="class", y="accuracy (%)", hue="model", ax=ax)
     ax.set(xlabel="", ylim=(0, 100))
     ax.tick_params(axis="x", rotation=30)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 1.16), ncol=len(acc.columns),
+              fontsize=8, frameon=False)  # above the bars, where it hides none
     fig.tight_layout()
     return fig
 
