@@ -695,6 +695,26 @@ class BestSetup:
         """The re-training runs of the validation choice (rank 1), one row per seed."""
         return self.rt[self.rt["rank"] == 1] if len(self.rt) else self.rt
 
+    def verdict(self, col: str = "test_acc") -> str:
+        """Whether the test set confirms the choice against the recipe's defaults, on
+        ``col`` (``test_acc`` or ``test_acc_tta``): "confirmed" when the whole 95 %
+        Welch interval of best minus defaults is above zero, "not confirmed" when it is
+        below, "not told apart" when it holds zero. Two candidates fixed beforehand are
+        compared, which is what the test set is for (not a search among many)."""
+        from .stats import welch_ci
+
+        if not self.named:
+            return "not named yet"
+        w = welch_ci([r.summary[col] for r in self.defaults],
+                     self.first[col].astype(float))
+        if not np.isfinite(w["lo"]):
+            return "too few seeds to tell it from the recipe's defaults"
+        if w["lo"] > 0:
+            return "confirmed: it scores above the recipe's defaults"
+        if w["hi"] < 0:
+            return "not confirmed: it scores below the recipe's defaults"
+        return "not told apart from the recipe's defaults"
+
     @property
     def missing(self) -> int:
         """Re-training runs of the other choices still to train (their comparison with
@@ -747,6 +767,6 @@ def best_setup_answer(ds: Dataset, budget: str = "cpu", runs_dir=None) -> tuple[
     dflt = [r.summary["test_acc"] for r in b.defaults]
     return (f"trial {int(top.trial)} of the search around the recipe ({top.architecture}, "
             f"{top.optimizer}): test {fmt(first.test_acc)}, with test-time augmentation "
-            f"{fmt(first.test_acc_tta.astype(float))}",
+            f"{fmt(first.test_acc_tta.astype(float))}; {b.verdict()}",
             difference(dflt, first.test_acc, n_test, "the recipe's defaults",
                        "the best setup"))

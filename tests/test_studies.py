@@ -394,3 +394,18 @@ def test_trials_at_epoch_reads_positions_in_each_optimisers_range():
         assert t.params["lr"] == pytest.approx(want) and 0 <= t.params["lr"] <= 1
         assert "momentum" not in t.params and "lr|sgd" not in t.params  # fixed for adamw
     assert analysis.trials_at_epoch(st.trials, 4, space) == []
+
+
+@pytest.mark.parametrize("best, words", [
+    ([0.870, 0.872, 0.874], "not confirmed: it scores below the recipe's defaults"),
+    ([0.910, 0.912, 0.914], "confirmed: it scores above the recipe's defaults"),
+    ([0.890, 0.900, 0.910], "not told apart from the recipe's defaults"),
+    ([0.900], "too few seeds to tell it from the recipe's defaults")])
+def test_best_setup_verdict_reads_the_interval_against_the_defaults(best, words):
+    from types import SimpleNamespace
+
+    defaults = [SimpleNamespace(summary=dict(test_acc=a)) for a in (0.895, 0.897, 0.899)]
+    rt = pd.DataFrame(dict(rank=[1] * len(best) + [2], test_acc=best + [0.99]))
+    b = studies.BestSetup(rt, pd.DataFrame(), defaults, None)
+    assert b.verdict() == words  # rank 2's score plays no part
+    assert studies.BestSetup(rt, None, [], "why").verdict() == "not named yet"
