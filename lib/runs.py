@@ -278,13 +278,14 @@ class Resume:
 
     def __init__(self, path: Path, tb_dir: Path):
         self.path, self.tb_dir = Path(path), Path(tb_dir)
+        self._saved = None  # the state found at the start, read once
 
     def load(self) -> dict | None:
         import torch
 
-        if not self.path.is_file():
-            return None
-        return torch.load(self.path, map_location="cpu", weights_only=False)
+        if self._saved is None and self.path.is_file():
+            self._saved = torch.load(self.path, map_location="cpu", weights_only=False)
+        return self._saved
 
     def restore_logs(self) -> None:
         saved = self.load()
