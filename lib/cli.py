@@ -419,9 +419,13 @@ def cmd_sweep(a) -> None:
         if a.epochs or a.seeds:
             raise UserError("--epochs/--seeds: recipe-main re-trains at the recipe's own "
                             "budget (chapter 5's epochs and seeds)")
-        rt = studies.retrain(_sweep_data(a), a.budget, k=a.retrain, runs_dir=a.runs_dir,
-                             device=a.device, train=True,
-                             log=lambda m: print(m, flush=True))
+        ds, log = _sweep_data(a), (lambda m: print(m, flush=True))
+        # the validation choice's seeds first, then the defaults at its precision where
+        # chapter 5's ran in another (studies.matched_default), then the other ranks
+        kw = dict(runs_dir=a.runs_dir, device=a.device, train=True, log=log)
+        studies.retrain(ds, a.budget, k=1, **kw)
+        studies.matched_default(ds, a.budget, **kw)
+        rt = studies.retrain(ds, a.budget, k=a.retrain, **kw)
         print(rt.drop(columns="run").to_string(index=False))
         return
     if a.retrain:

@@ -4,8 +4,12 @@ Every comparison of accuracies in the book gives the mean, the standard deviatio
 and a 95 % confidence interval of the mean (Student's t over the seeds), the number
 of seeds, and the test set's own sampling error: with n test images an accuracy p
 has a binomial standard error sqrt(p (1 - p) / n), about 0.3 points at 90 % on
-10,000 images. A difference smaller than that is within what another draw of test
-images could change, whatever the seeds say.
+10,000 images. A difference of two such accuracies has sqrt 2 times that standard
+error when the two are measured on independent draws of test images
+(:func:`difference_se`); on one shared test set the two models' errors fall on many of
+the same images, which makes it smaller, so the book's yardstick is the larger,
+cautious one. A difference smaller than it is within what other draws of test images
+could change, whatever the seeds say.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ def mean_ci(values, level: float = 0.95) -> dict:
 def binomial_se(p: float, n: int) -> float:
     """Standard error of an accuracy ``p`` measured on ``n`` test images."""
     return math.sqrt(p * (1 - p) / n)
+
+
+def difference_se(p: float, n: int) -> float:
+    """Standard error of the difference of two accuracies near ``p``, each measured on
+    ``n`` independently drawn test images: sqrt 2 times :func:`binomial_se` (the book's
+    yardstick for "a difference below the test set's sampling error")."""
+    return math.sqrt(2) * binomial_se(p, n)
 
 
 def fmt(values, level: float = 0.95) -> str:
@@ -82,18 +93,20 @@ def difference(a, b, n_test: int, name_a: str = "A", name_b: str = "B",
                paired: bool = False) -> str:
     """B against A in words: the difference of the means with its 95 % CI (Welch's, or
     the paired t interval when ``paired``: the same runs scored two ways), and whether
-    it is below the test set's sampling error at these accuracies."""
+    it is below the test set's sampling error of a difference at these accuracies
+    (:func:`difference_se`)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     w = paired_ci(a, b) if paired else welch_ci(a, b)
     d = w["d"]
-    se_test = binomial_se(float((a.mean() + b.mean()) / 2), n_test)
+    se_test = difference_se(float((a.mean() + b.mean()) / 2), n_test)
     text = f"{name_b} minus {name_a}: {d * 100:+.2f} points"
     if math.isfinite(w["lo"]):
         text += (f" (95 % CI {w['lo'] * 100:+.2f} to {w['hi'] * 100:+.2f}, "
                  f"{'paired t' if paired else 'Welch'})")
     if abs(d) < se_test:
         text += (f"; the difference itself is smaller than the test set's own sampling "
-                 f"error ({se_test * 100:.2f} points on {n_test:,} images)")
+                 f"error of a difference ({se_test * 100:.2f} points on {n_test:,} "
+                 "images)")
     return text[0].upper() + text[1:]
 
 

@@ -462,6 +462,19 @@ def retrain_plan(study, budget: str = "cpu", k: int | None = None) -> list[tuple
     return out
 
 
+def unfinished(study, budget: str = "cpu") -> str | None:
+    """Why a study's choice is not final yet (it has fewer trained trials than its
+    definition asks for), or None when it is; studies outside the book's definitions
+    are taken as they are."""
+    from .search import n_trained
+
+    spec = recipe_studies(budget).get(study.study_name)
+    if spec is None or n_trained(study) >= spec.n_trials:
+        return None
+    return (f"{study.study_name} has {n_trained(study)} of its {spec.n_trials} trials, so "
+            "its choice is not final")
+
+
 def retrain(ds: Dataset, budget: str = "cpu", k: int | None = None, runs_dir=None,
             device="auto", train: bool = False, log=None, study_name="recipe-main"
             ) -> pd.DataFrame:
@@ -471,15 +484,12 @@ def retrain(ds: Dataset, budget: str = "cpu", k: int | None = None, runs_dir=Non
     defaults is read from chapter 5's runs (``runs/recipe``); the others live in
     ``runs/search-best``. Without ``train`` only cached runs are returned."""
     from .recipe import fast_config
-    from .search import load_study, n_trained
+    from .search import load_study
 
     study = load_study(study_name, runs_dir)
-    want = recipe_studies(budget)[study_name].n_trials if study_name in recipe_studies(
-        budget) else 0
-    if train and n_trained(study) < want:
-        raise SearchError(f"{study_name} has {n_trained(study)} of its {want} trials: "
-                          f"finish it first (`python -m lib sweep --study {study_name}`), "
-                          "or its choice is not final")
+    if train and (short := unfinished(study, budget)):
+        raise SearchError(f"{short}: finish it first "
+                          f"(`python -m lib sweep --study {study_name}`)")
     rows = []
     todo = retrain_plan(study, budget, k)
     for i, (rank, number, value, c) in enumerate(todo, 1):
@@ -608,6 +618,34 @@ def trials_table(trained: pd.DataFrame, space: dict) -> pd.DataFrame:
                          "minutes": t.train_time_s / 60}).reset_index(drop=True)
 
 
+#: autocast dtype recorded in a run's summary -> the Config.precision that forces it
+_PRECISION_OF = {"float32": "fp32", "bfloat16": "bf16"}
+
+
+def matched_default(ds: Dataset, budget: str = "cpu", runs_dir=None, device="auto",
+                    train: bool = False, log=None):
+    """The recipe's defaults (seed 0) re-trained at the precision the validation choice's
+    re-training ran in, when chapter 5's runs of the defaults used another one (they were
+    trained with bfloat16 autocast on a CPU that has it; the re-training ran in float32
+    on one without): a yardstick on the re-training's own terms, kept in
+    ``runs/search-best``. None when the precisions already agree or nothing is cached to
+    compare; without ``train`` only a cached run is returned."""
+    from .recipe import fast_config
+
+    first = retrain(ds, budget, k=1, runs_dir=runs_dir)
+    defaults = default_runs(ds, budget, runs_dir)
+    if not len(first) or not defaults:
+        return None
+    want = {r.summary.get("amp_dtype") for r in first.run}
+    have = {r.summary.get("amp_dtype") for r in defaults}
+    if want == have or len(want) != 1 or not want <= set(_PRECISION_OF):
+        return None
+    dtype = want.pop()
+    c = fast_config(budget, seed=0, precision=_PRECISION_OF[dtype])
+    return _cached_or_trained(c, ds, ("search-best",), runs_dir, train, device, log,
+                              f"the recipe's defaults in {dtype}, seed 0")
+
+
 def default_runs(ds: Dataset, budget: str = "cpu", runs_dir=None) -> list:
     """Chapter 5's runs of the recipe's defaults (every seed found in ``runs/recipe``):
     what the search's choice is measured against, at the same budget."""
@@ -685,6 +723,7 @@ class BestSetup:
     status: pd.DataFrame | None  # per configuration, seeds cached of wanted
     defaults: list  # chapter 5's runs of the recipe's defaults, the yardstick
     reason: str | None  # why no best setup is named; None when it is
+    matched: object = None  # the defaults at the re-training's precision (matched_default)
 
     @property
     def named(self) -> bool:
@@ -697,23 +736,43 @@ class BestSetup:
 
     def verdict(self, col: str = "test_acc") -> str:
         """Whether the test set confirms the choice against the recipe's defaults, on
-        ``col`` (``test_acc`` or ``test_acc_tta``): "confirmed" when the whole 95 %
-        Welch interval of best minus defaults is above zero, "not confirmed" when it is
-        below, "not told apart" when it holds zero. Two candidates fixed beforehand are
+        ``col`` (``test_acc``, the book's primary score, or ``test_acc_tta``): "confirmed"
+        when the whole 95 % Welch interval of best minus defaults is above zero and the
+        difference is larger than the test set's sampling error of a difference
+        (:func:`lib.stats.difference_se`), "not confirmed" when the same holds below
+        zero, "not told apart" otherwise (with the interval's half-width: the smallest
+        difference these seeds could have shown). Two candidates fixed beforehand are
         compared, which is what the test set is for (not a search among many)."""
-        from .stats import welch_ci
+        from .stats import difference_se, welch_ci
 
         if not self.named:
             return "not named yet"
-        w = welch_ci([r.summary[col] for r in self.defaults],
-                     self.first[col].astype(float))
+        if bool(self.first.is_default.all()):
+            return "the recipe's defaults themselves: the search re-found them"
+        a = [r.summary[col] for r in self.defaults]
+        b = self.first[col].astype(float)
+        w = welch_ci(a, b)
         if not np.isfinite(w["lo"]):
             return "too few seeds to tell it from the recipe's defaults"
-        if w["lo"] > 0:
+        n_test = int(self.first.run.iloc[0].summary["test_images"])
+        se = difference_se((np.mean(a) + b.mean()) / 2, n_test)
+        if w["lo"] > 0 and w["d"] > se:
             return "confirmed: it scores above the recipe's defaults"
-        if w["hi"] < 0:
+        if w["hi"] < 0 and -w["d"] > se:
             return "not confirmed: it scores below the recipe's defaults"
-        return "not told apart from the recipe's defaults"
+        return (f"not told apart from the recipe's defaults (with these seeds, a difference "
+                f"smaller than about {(w['hi'] - w['lo']) / 2 * 100:.2f} points could not "
+                "have been told from zero)")
+
+    def machines(self) -> str:
+        """Where each arm ran, in words: the machine and autocast dtype of the best
+        setup's re-training and of chapter 5's runs of the defaults."""
+        def kinds(summaries):
+            return " and ".join(sorted({_machine(s) for s in summaries}))
+
+        return (f"the re-training ran on {kinds(r.summary for r in self.first.run)}, "
+                f"chapter 5's runs of the defaults on "
+                f"{kinds(r.summary for r in self.defaults)}")
 
     @property
     def missing(self) -> int:
@@ -731,8 +790,6 @@ def best_setup(ds: Dataset, budget: str = "cpu", runs_dir=None, device="auto",
     seed of rank 1 is cached and chapter 5's runs of the defaults are there to compare
     with. The other ranks only compare architectures; choosing among them by their test
     scores would select on the test set, so the name does not wait for them."""
-    from .search import n_trained
-
     study = recipe_study("recipe-main", ds, budget, runs_dir, device)
     if study is None:
         return BestSetup(pd.DataFrame(), None, [], "the search around the recipe is not "
@@ -740,17 +797,14 @@ def best_setup(ds: Dataset, budget: str = "cpu", runs_dir=None, device="auto",
     rt = retrain(ds, budget, runs_dir=runs_dir, device=device, train=train)
     status = retrain_status(study, budget, rt)
     defaults = default_runs(ds, budget, runs_dir)
-    want = recipe_studies(budget)["recipe-main"].n_trials
-    reason = None
-    if n_trained(study) < want:
-        reason = (f"the main study has {n_trained(study)} of its {want} trials, so its "
-                  "choice is not final")
-    elif status.loc[1].cached < status.loc[1].wanted:
+    reason = unfinished(study, budget)
+    if reason is None and status.loc[1].cached < status.loc[1].wanted:
         reason = (f"{int(status.loc[1].cached)} of the {int(status.loc[1].wanted)} "
                   "re-training runs of the main study's choice are cached")
-    elif not defaults:
+    if reason is None and not defaults:
         reason = "chapter 5's runs of the recipe's defaults, the yardstick, are not cached"
-    return BestSetup(rt, status, defaults, reason)
+    return BestSetup(rt, status, defaults, reason,
+                     matched_default(ds, budget, runs_dir) if reason is None else None)
 
 
 def best_setup_answer(ds: Dataset, budget: str = "cpu", runs_dir=None) -> tuple[str, str]:

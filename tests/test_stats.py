@@ -31,6 +31,10 @@ def test_binomial_se_and_the_difference_against_welch():
     assert "smaller than the test set's own sampling error" in text
     far = stats.difference([0.5, 0.51], [0.9, 0.91], 10_000)
     assert "sampling error" not in far
+    # a difference of two accuracies: sqrt 2 times one's standard error (0.42 points at
+    # 90 %), so +0.4 points is flagged though it exceeds one accuracy's 0.30
+    assert stats.difference_se(0.9, 10_000) == pytest.approx(0.003 * 2 ** 0.5)
+    assert "0.42 points" in stats.difference([0.898, 0.898], [0.902, 0.902], 10_000)
 
 
 def test_spearman_ci_brackets_rho_and_narrows_with_more_pairs():
