@@ -405,8 +405,9 @@ def rankings_sentence(imp: pd.DataFrame, counts: pd.DataFrame, n_trials: int,
                 f"{name(a)} above " + ", ".join(name(b) for mm, aa, b in support
                                                  if mm == m and aa == a) for a in tops)))
     thin = counts[counts.trials < few] if len(counts) else counts
-    return ("Rankings the bootstrap intervals support (an interval wholly above another's), "
-            "per method: " + ". ".join(txt) + ". "
+    return ("Rankings the bootstrap intervals support (an interval wholly above another's: "
+            "a rule of thumb, not a calibrated test, since the shares come from the same "
+            "resamples and sum to one, so that one's rise is another's fall), per method: " + ". ".join(txt) + ". "
             + (f"Some levels rest on very few of the {n_trials} trials: "
                + ", ".join(f"{r.hyperparameter} = {r.level} ({r.trials})"
                            for r in thin.itertuples())
@@ -512,13 +513,27 @@ def interaction_verdict(ic: dict, margin: float = 0.05) -> str:
 
 def line_summary(line: pd.DataFrame) -> dict:
     """Loss along a straight line in weight space (:func:`interpolate`): the barrier
-    (highest loss above the worse end), accuracy halfway and at the ends, and the share
-    of steps along which the loss does not rise (1: monotone descent or flat)."""
+    (highest loss above the worse end), accuracy halfway and at the ends, the steps
+    along which the loss falls (``falls`` of ``steps``; ``monotone`` is their share, 1 for
+    a strict descent) and the largest rise from one step to the next (``max_rise``, 0
+    when it never rises)."""
     ends = max(line.loss.iloc[0], line.loss.iloc[-1])
+    d = np.diff(line.loss.to_numpy())
     return dict(barrier=float(line.loss.max() - ends),
                 mid_acc=float(line.acc.iloc[len(line) // 2]),
                 end_acc=float((line.acc.iloc[0] + line.acc.iloc[-1]) / 2),
-                monotone=float((np.diff(line.loss.to_numpy()) <= 1e-3).mean()))
+                falls=int((d < 0).sum()), steps=int(len(d)), monotone=float((d < 0).mean()),
+                max_rise=float(max(d.max(), 0.0)))
+
+
+def dead_share(act: pd.DataFrame) -> pd.DataFrame:
+    """Per trial (``number``, with its ``kind``), the share of all its ReLU units that are
+    dead at the last recorded epoch: dead units summed over its layers over its units
+    (:func:`lib.train.activation_stats` rows with ``units`` and ``dead_frac``), so a wide
+    layer weighs as many units as it has."""
+    a = act.assign(dead=act.dead_frac * act.units)
+    g = a.groupby(["number", "kind"])[["dead", "units"]].sum().reset_index()
+    return g.assign(share=g.dead / g.units)[["number", "kind", "share"]]
 
 
 def spread_growth(weights: pd.DataFrame) -> pd.Series:

@@ -486,6 +486,28 @@ def _trained(t) -> bool:
         t.user_attrs.get("epochs_run", 0) > 0 and "duplicate_of" not in t.user_attrs
 
 
+def startup_makeup(study, n_startup: int) -> dict:
+    """What TPE's random start-up was made of. Optuna's TPESampler samples at random
+    while fewer than ``n_startup`` trials of the study are complete or pruned, and it
+    counts every such trial: the enqueued ones and those skipped for compute (pruned
+    without training) too. Returns how many of those first ``n_startup`` trials were
+    random proposals that trained, enqueued trials, and trials that trained nothing
+    (with one worker the trials finish in order, so this is exact)."""
+    from optuna.trial import TrialState
+
+    out, seen = dict(random_trained=0, enqueued=0, untrained=0), 0
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if seen == n_startup:
+            break
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        seen += 1
+        kind = ("untrained" if not _trained(t) else "enqueued"
+                if "fixed_params" in t.system_attrs else "random_trained")
+        out[kind] += 1
+    return out
+
+
 def n_trained(study) -> int:
     return sum(_trained(t) for t in study.get_trials(deepcopy=False))
 

@@ -700,17 +700,19 @@ def twin_runs(trained: pd.DataFrame, runs_dir=None) -> pd.DataFrame:
         epoch = int(min(a.metrics.epoch.max(), b.metrics.epoch.max()))
         va, vb = (float(r.metrics.set_index("epoch").val_acc[epoch]) for r in (a, b))
         rows.append(dict(trial=int(t.number), key=t.key, epoch=epoch, val_fidelity=va,
-                         val_main=vb, machine_fidelity=_machine(a.summary),
-                         machine_main=_machine(b.summary)))
+                         val_main=vb, machine_fidelity=machine(a.summary),
+                         machine_main=machine(b.summary)))
     return pd.DataFrame(rows)
 
 
-def _machine(summary: dict) -> str:
+def machine(summary: dict) -> str:
     """A run's machine in a few words: its CPU's widest vector and bf16 features, and the
     dtype training autocast to."""
     flags = set(summary.get("cpu_flags", "").split())
     kind = ("AMX" if "amx_bf16" in flags else "AVX-512 bf16" if "avx512_bf16" in flags
             else "AVX-512" if "avx512f" in flags else "AVX2")
+    if "cpu_flags" not in summary:  # runs from before the flags were recorded
+        kind = f"{summary.get('device_name') or 'unknown CPU'}, CPU flags not recorded"
     return f"{summary.get('device', 'cpu')}, {kind}, {summary.get('amp_dtype') or 'float32'}"
 
 
@@ -768,11 +770,47 @@ class BestSetup:
         """Where each arm ran, in words: the machine and autocast dtype of the best
         setup's re-training and of chapter 5's runs of the defaults."""
         def kinds(summaries):
-            return " and ".join(sorted({_machine(s) for s in summaries}))
+            return " and ".join(sorted({machine(s) for s in summaries}))
 
         return (f"the re-training ran on {kinds(r.summary for r in self.first.run)}, "
                 f"chapter 5's runs of the defaults on "
                 f"{kinds(r.summary for r in self.defaults)}")
+
+    def precision_note(self) -> str:
+        """Where the arms ran and, when their autocast dtypes differ, what the defaults
+        score at the re-training's dtype (:func:`matched_default`): the same seed in both
+        dtypes, and the best setup against the re-run; a sentence or two for 6.7."""
+        from .stats import difference_se
+
+        text = f"The arms did not all run on one kind of machine: {self.machines()}."
+        dtypes = {r.summary.get("amp_dtype") for r in [*self.first.run, *self.defaults]}
+        if len(dtypes) < 2:
+            return text
+        m = self.matched
+        if m is None:
+            return (text + " The dtypes differ, so `make sweep` re-trains the defaults' "
+                    "seed 0 in the re-training's dtype after the choice's seeds; that run "
+                    "is not in the cache yet, and until it is, the gap above holds the "
+                    "machine's share too.")
+        same = next((r for r in self.defaults if r.config.seed == m.config.seed), None)
+        ms, n_test = m.summary, int(m.summary["test_images"])
+        d_best = float(self.first.test_acc.mean()) - ms["test_acc"]
+        text += (f" The defaults' seed {m.config.seed} re-trained in {ms['amp_dtype']} "
+                 f"({machine(ms)}) scores {ms['test_acc']:.2%} plain and "
+                 f"{ms['test_acc_tta']:.2%} with test-time augmentation")
+        if same is not None:
+            shift = ms["test_acc"] - same.summary["test_acc"]
+            se = difference_se((ms["test_acc"] + same.summary["test_acc"]) / 2, n_test)
+            text += (f", against {same.summary['test_acc']:.2%} and "
+                     f"{same.summary['test_acc_tta']:.2%} for the same seed in chapter 5: "
+                     f"the machine and dtype moved it by {shift * 100:+.2f} points plain, "
+                     + ("less than the test set's sampling error of a difference "
+                        f"({se * 100:.2f} points)" if abs(shift) < se else
+                        f"more than the test set's sampling error of a difference "
+                        f"({se * 100:.2f} points)"))
+        text += (f". The best setup's mean minus this run, both in {ms['amp_dtype']}: "
+                 f"{d_best * 100:+.2f} points plain (one run on this side, so no interval).")
+        return text
 
     @property
     def missing(self) -> int:
@@ -800,7 +838,8 @@ def best_setup(ds: Dataset, budget: str = "cpu", runs_dir=None, device="auto",
     reason = unfinished(study, budget)
     if reason is None and status.loc[1].cached < status.loc[1].wanted:
         reason = (f"{int(status.loc[1].cached)} of the {int(status.loc[1].wanted)} "
-                  "re-training runs of the main study's choice are cached")
+                  "re-training runs of the main study's choice "
+                  f"{'is' if status.loc[1].cached == 1 else 'are'} cached")
     if reason is None and not defaults:
         reason = "chapter 5's runs of the recipe's defaults, the yardstick, are not cached"
     return BestSetup(rt, status, defaults, reason,

@@ -102,6 +102,18 @@ def test_interaction_verdict_names_the_better_parametrisation():
     assert "cannot tell" in interaction_verdict(dict(r2_coupled=0.7, r2_decoupled=0.72))
 
 
+def test_dead_share_weighs_each_unit_once():
+    import pandas as pd
+
+    from lib.analysis import dead_share
+
+    act = pd.DataFrame(dict(number=[1, 1, 2], kind=["stuck", "stuck", "learned"],
+                            units=[10, 90, 50], dead_frac=[1.0, 0.0, 0.1]))
+    out = dead_share(act).set_index("number").share
+    # 10 dead of 100 units, not the layers' mean (50 %)
+    assert out.to_dict() == {1: 0.1, 2: 0.1}
+
+
 def test_line_summary_and_spread_growth():
     import pandas as pd
 
@@ -111,6 +123,10 @@ def test_line_summary_and_spread_growth():
     s = line_summary(line)
     assert abs(s["barrier"] - 1.3) < 1e-9 and s["mid_acc"] == 0.3
     assert abs(s["end_acc"] - 0.79) < 1e-9 and s["monotone"] == 0.5
+    assert s["falls"] == 1 and s["steps"] == 2 and abs(s["max_rise"] - 1.5) < 1e-9
+    tiny = line_summary(line.assign(loss=[0.9, 0.5, 0.5004]))  # a rise of 0.0004 is a rise
+    assert tiny["falls"] == 1 and tiny["monotone"] == 0.5 and tiny["max_rise"] > 0
+    assert line_summary(line.assign(loss=[0.9, 0.6, 0.5]))["max_rise"] == 0
     w = pd.DataFrame(dict(epoch=[0, 0, 3, 3], layer=["a", "b", "a", "b"],
                           q25=[-1, -1, -2, -0.5], q75=[1, 1, 2, 0.5]))
     assert spread_growth(w).to_dict() == {"a": 2.0, "b": 0.5}

@@ -266,3 +266,28 @@ def test_pruning_audit_counts_the_good_configs_a_pruner_stopped():
     assert (a["k"], a["killed"], a["killed_trials"], a["best_kept"]) == (3, 1, [1], True)
     b = search.pruning_audit(pruned.assign(state="PRUNED"), full, k=2)
     assert (b["killed"], b["best_kept"]) == (2, False)
+
+
+def test_startup_makeup_counts_what_tpe_counts_as_its_random_start():
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = optuna.create_study(direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+
+    def add(state, epochs, enqueued=False, value=None):
+        t = create_trial(state=state, params={"x": 0.5}, distributions=dist, value=value,
+                         user_attrs={"epochs_run": epochs},
+                         system_attrs={"fixed_params": {"x": 0.5}} if enqueued else {})
+        st.add_trial(t)
+
+    add(TrialState.COMPLETE, 3, enqueued=True, value=0.5)  # the recipe's defaults
+    add(TrialState.PRUNED, 0)  # skipped for compute: counted, never trained
+    add(TrialState.FAIL, 1)  # a failed trial: TPE does not count it
+    add(TrialState.PRUNED, 1)
+    add(TrialState.COMPLETE, 3, value=0.6)
+    add(TrialState.COMPLETE, 3, value=0.7)  # the fifth counted: beyond a start-up of 4
+    assert search.startup_makeup(st, 4) == dict(random_trained=2, enqueued=1, untrained=1)
+    assert search.startup_makeup(st, 10) == dict(random_trained=3, enqueued=1, untrained=1)

@@ -220,10 +220,15 @@ def test_retrain_reuses_the_recipe_and_refuses_an_unfinished_study(tmp_path):
     summary.write_text(json.dumps({**json.loads(summary.read_text()),
                                    "amp_dtype": "bfloat16"}))
     assert studies.matched_default(ds, "smoke", tmp_path) is None  # not trained without
+    assert "not in the cache yet" in studies.best_setup(ds, "smoke", tmp_path).precision_note()
+    assert "not in the cache" not in b.precision_note()  # one dtype: nothing to re-train
     m = studies.matched_default(ds, "smoke", tmp_path, train=True)
     assert m.config.precision == "fp32" and m.config.seed == 0 and m.path.parent.name == (
         "search-best") and m.config == fast_config("smoke", precision="fp32")
-    assert studies.best_setup(ds, "smoke", tmp_path).matched.key == m.key
+    b2 = studies.best_setup(ds, "smoke", tmp_path)
+    assert b2.matched.key == m.key
+    assert "re-trained in float32 (cpu, " in b2.precision_note() and (
+        f"{b.defaults[0].summary['test_acc']:.2%}" in b2.precision_note())
     assert "float32" in b.machines() and "bfloat16" in studies.best_setup(
         ds, "smoke", tmp_path).machines()
     rt = studies.retrain(ds, "smoke", runs_dir=tmp_path, train=True)
@@ -357,12 +362,14 @@ def test_trials_table_puts_each_trials_own_case_in_one_column():
 
 
 def test_machine_names_the_widest_bf16_feature_and_the_dtype():
-    m = studies._machine
+    m = studies.machine
     assert m({"cpu_flags": "avx2 fma avx512f avx512_bf16 amx_bf16", "device": "cpu",
               "amp_dtype": "bfloat16"}) == "cpu, AMX, bfloat16"
     assert m({"cpu_flags": "avx2 avx512f avx512_bf16", "amp_dtype": "bfloat16"}) \
         == "cpu, AVX-512 bf16, bfloat16"
     assert m({"cpu_flags": "avx2 fma", "amp_dtype": "float32"}) == "cpu, AVX2, float32"
+    assert m({"device_name": "AMD EPYC", "amp_dtype": "bfloat16"}) == (
+        "cpu, AMD EPYC, CPU flags not recorded, bfloat16")  # not taken for AVX2
 
 
 def test_twin_runs_compare_the_same_epoch(tmp_path):
