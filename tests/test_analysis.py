@@ -100,6 +100,25 @@ def test_interaction_verdict_names_the_better_parametrisation():
     assert "artefact" in interaction_verdict(dict(r2_coupled=0.5, r2_decoupled=0.8))
     assert "already" in interaction_verdict(dict(r2_coupled=0.8, r2_decoupled=0.5))
     assert "cannot tell" in interaction_verdict(dict(r2_coupled=0.7, r2_decoupled=0.72))
+    # the leave-one-out R² decides where it is there: in-sample it looked like an artefact
+    both = dict(r2_coupled=0.5, r2_decoupled=0.8, loo_coupled=0.6, loo_decoupled=0.61)
+    assert "cannot tell" in interaction_verdict(both) and "leave-one-out" in \
+        interaction_verdict(both)
+
+
+def test_additive_fit_left_out_scores_below_its_in_sample_fit():
+    import numpy as np
+    import pandas as pd
+
+    from lib.analysis import additive_fit, interaction_check
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(dict(a=rng.uniform(size=30), b=rng.uniform(size=30)))
+    df["value"] = np.sin(3 * df.a) + df.b ** 2 + rng.normal(scale=0.3, size=30)
+    inside, out = additive_fit(df, "a", "b"), additive_fit(df, "a", "b", loo=True)
+    assert out < inside <= 1  # predicting a point it did not see is harder
+    ic = interaction_check(df.assign(c=df.a * df.b), "a", "b", "c")
+    assert ic["r2_coupled"] == inside and ic["loo_coupled"] == out
 
 
 def test_dead_share_weighs_each_unit_once():
