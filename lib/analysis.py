@@ -407,7 +407,8 @@ def rankings_sentence(imp: pd.DataFrame, counts: pd.DataFrame, n_trials: int,
     thin = counts[counts.trials < few] if len(counts) else counts
     return ("Rankings the bootstrap intervals support (an interval wholly above another's: "
             "a rule of thumb, not a calibrated test, since the shares come from the same "
-            "resamples and sum to one, so that one's rise is another's fall), per method: " + ". ".join(txt) + ". "
+            "resamples and sum to one, so that one's rise is another's fall), per method: "
+            + ". ".join(txt) + ". "
             + (f"Some levels rest on very few of the {n_trials} trials: "
                + ", ".join(f"{r.hyperparameter} = {r.level} ({r.trials})"
                            for r in thin.itertuples())

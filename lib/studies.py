@@ -762,6 +762,11 @@ class BestSetup:
             return "confirmed: it scores above the recipe's defaults"
         if w["hi"] < 0 and -w["d"] > se:
             return "not confirmed: it scores below the recipe's defaults"
+        if w["lo"] > 0 or w["hi"] < 0:
+            return (f"not told apart from the recipe's defaults (the seeds' interval "
+                    f"excludes zero, but the difference, {w['d'] * 100:+.2f} points, is "
+                    f"below the test set's sampling error of a difference, "
+                    f"{se * 100:.2f} points)")
         return (f"not told apart from the recipe's defaults (with these seeds, a difference "
                 f"smaller than about {(w['hi'] - w['lo']) / 2 * 100:.2f} points could not "
                 "have been told from zero)")
@@ -782,7 +787,9 @@ class BestSetup:
         dtypes, and the best setup against the re-run; a sentence or two for 6.7."""
         from .stats import difference_se
 
-        text = f"The arms did not all run on one kind of machine: {self.machines()}."
+        kinds = {machine(r.summary) for r in [*self.first.run, *self.defaults]}
+        text = (f"Both arms ran on {kinds.pop()}." if len(kinds) == 1 else
+                f"The arms did not all run on one kind of machine: {self.machines()}.")
         dtypes = {r.summary.get("amp_dtype") for r in [*self.first.run, *self.defaults]}
         if len(dtypes) < 2:
             return text
