@@ -777,7 +777,7 @@ class BestSetup:
         def kinds(summaries):
             return " and ".join(sorted({machine(s) for s in summaries}))
 
-        return (f"the re-training ran on {kinds(r.summary for r in self.first.run)}, "
+        return (f"the re-training ran on {kinds(r.summary for r in self.first.run)}; "
                 f"chapter 5's runs of the defaults on "
                 f"{kinds(r.summary for r in self.defaults)}")
 
