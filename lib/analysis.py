@@ -273,7 +273,10 @@ def importance(trials: list, method: str, n_boot: int = 100, seed: int = 0) -> p
         vals = np.array([b.get(p, 0.0) for b in boots]) if boots else np.array([v])
         rows.append(dict(param=p, method=method, importance=v,
                          lo=np.percentile(vals, 5), hi=np.percentile(vals, 95),
-                         n_boot=len(boots)))
+                         n_boot=len(boots),
+                         # every resample's value, in resample order: the pairs of
+                         # supported_rankings compare two parameters within a resample
+                         boot=" ".join(f"{x:.6g}" for x in vals)))
     return pd.DataFrame(rows).sort_values("importance", ascending=False)
 
 
@@ -291,15 +294,27 @@ def level_counts(trials: list, params: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def supported_rankings(imp: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(method, higher, lower) for each pair of hyperparameters whose bootstrap intervals
-    do not overlap: the only rankings the importance estimates support (chapter 7)."""
+def supported_rankings(imp: pd.DataFrame, share: float = 0.95) -> list[tuple[str, str, str]]:
+    """(method, higher, lower) for each pair of hyperparameters that the paired bootstrap
+    of :func:`importance` ranks: the higher one scores above the lower one in at least
+    ``share`` of the resamples, both measured on the same resample (the shares of one
+    resample sum to one, so they are not independent, and comparing two separate
+    intervals would be no test). Frames without the resamples (``boot``) fall back on
+    intervals that do not overlap (chapter 7)."""
     out = []
     for m, d in imp.groupby("method", sort=False):
         d = d.sort_values("importance", ascending=False)
+        boots = ({r.param: np.array(str(r.boot).split(), float) for r in d.itertuples()}
+                 if "boot" in d else None)
         for a in d.itertuples():
             for b in d.itertuples():
-                if a.param != b.param and a.lo > b.hi:
+                if a.param == b.param:
+                    continue
+                if boots is not None and len(boots[a.param]) == len(boots[b.param]) > 1:
+                    above = float(np.mean(boots[a.param] > boots[b.param])) >= share
+                else:
+                    above = a.lo > b.hi
+                if above:
                     out.append((m, a.param, b.param))
     return out
 
@@ -387,8 +402,9 @@ def group_rho(df: pd.DataFrame, by: str, x: str, y: str = "value") -> pd.DataFra
 
 def rankings_sentence(imp: pd.DataFrame, counts: pd.DataFrame, n_trials: int,
                       few: int = 5) -> str:
-    """What the bootstrap intervals of :func:`importance` support, in words: per method,
-    each hyperparameter whose interval lies wholly above others' (or that none does),
+    """What the paired bootstrap of :func:`importance` supports, in words
+    (:func:`supported_rankings`): per method, each hyperparameter ranked above others
+    (or that none is),
     and the levels of categorical hyperparameters (:func:`level_counts`) held by fewer
     than ``few`` of the ``n_trials`` trials (chapter 7)."""
     def name(p):
@@ -400,15 +416,15 @@ def rankings_sentence(imp: pd.DataFrame, counts: pd.DataFrame, n_trials: int,
         score = imp[imp.method == m].set_index("param").importance
         tops = sorted({a for mm, a, _ in support if mm == m}, key=lambda p: -float(score[p]))
         txt.append(f"{m}: " + (
-            "no hyperparameter's interval lies wholly above another's, so the intervals "
-            "support no ranking" if not tops else "; ".join(
+            "no hyperparameter scores above another in 95 % of the resamples, so the "
+            "bootstrap supports no ranking" if not tops else "; ".join(
                 f"{name(a)} above " + ", ".join(name(b) for mm, aa, b in support
                                                  if mm == m and aa == a) for a in tops)))
     thin = counts[counts.trials < few] if len(counts) else counts
-    return ("Rankings the bootstrap intervals support (an interval wholly above another's: "
-            "a rule of thumb, not a calibrated test, since the shares come from the same "
-            "resamples and sum to one, so that one's rise is another's fall), per method: "
-            + ". ".join(txt) + ". "
+    how = ("one hyperparameter's share above the other's in at least 95 % of the "
+           "resamples, the two compared within each resample" if "boot" in imp else
+           "an interval wholly above another's")
+    return (f"Rankings the bootstrap supports ({how}), per method: " + ". ".join(txt) + ". "
             + (f"Some levels rest on very few of the {n_trials} trials: "
                + ", ".join(f"{r.hyperparameter} = {r.level} ({r.trials})"
                            for r in thin.itertuples())
