@@ -37,8 +37,9 @@ def copy_book(root):
     in _ext/) in ``root``, with lib/ linked for literalinclude."""
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / name, root / name)
-    for name in ("book", "_static", "_ext"):
-        shutil.copytree(REPO_ROOT / name, root / name)
+    for name in ("book", "_static", "_ext"):  # not a chapter being executed beside
+        shutil.copytree(REPO_ROOT / name, root / name,
+                        ignore=shutil.ignore_patterns(".*.tmp.ipynb"))
     (root / "lib").symlink_to(REPO_ROOT / "lib")
     return root
 
