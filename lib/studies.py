@@ -623,17 +623,21 @@ _PRECISION_OF = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 def matched_default(ds: Dataset, budget: str = "cpu", runs_dir=None, device="auto",
-                    train: bool = False, log=None):
+                    train: bool = False, log=None, first=None, defaults=None):
     """The recipe's defaults (seed 0) re-trained at the precision the validation choice's
     re-training ran in, when chapter 5's runs of the defaults used another one (they were
     trained with bfloat16 autocast on a CPU that has it; the re-training ran in float32
     on one without): a yardstick on the re-training's own terms, kept in
     ``runs/search-best``. None when the precisions already agree or nothing is cached to
-    compare; without ``train`` only a cached run is returned."""
+    compare; without ``train`` only a cached run is returned. ``first`` (the choice's
+    re-training rows, :func:`retrain`) and ``defaults`` (:func:`default_runs`) are read
+    from the cache unless the caller already holds them."""
     from .recipe import fast_config
 
-    first = retrain(ds, budget, k=1, runs_dir=runs_dir)
-    defaults = default_runs(ds, budget, runs_dir)
+    if first is None:
+        first = retrain(ds, budget, k=1, runs_dir=runs_dir)
+    if defaults is None:
+        defaults = default_runs(ds, budget, runs_dir)
     if not len(first) or not defaults:
         return None
     want = {r.summary.get("amp_dtype") for r in first.run}
@@ -849,8 +853,10 @@ def best_setup(ds: Dataset, budget: str = "cpu", runs_dir=None, device="auto",
                   f"{'is' if status.loc[1].cached == 1 else 'are'} cached")
     if reason is None and not defaults:
         reason = "chapter 5's runs of the recipe's defaults, the yardstick, are not cached"
-    return BestSetup(rt, status, defaults, reason,
-                     matched_default(ds, budget, runs_dir) if reason is None else None)
+    b = BestSetup(rt, status, defaults, reason)
+    if b.named:  # the choice's runs and the defaults are in hand: not read again
+        b.matched = matched_default(ds, budget, runs_dir, first=b.first, defaults=defaults)
+    return b
 
 
 def best_setup_answer(ds: Dataset, budget: str = "cpu", runs_dir=None) -> tuple[str, str]:
